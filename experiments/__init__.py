@@ -1,0 +1,1 @@
+"""One config per experiment; the file name is the experiment name."""

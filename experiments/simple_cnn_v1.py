@@ -1,0 +1,20 @@
+"""simple_cnn_v1: the seed study's first, plain CNN.
+
+Redoes the seed's simple CNN v1 (two 5x5 convs, dropout 0.3, Adam lr 1e-3, no
+augmentation). The seed reported 57.66% validation accuracy on its 80/20 split of
+Training, early-stopped at epoch 12.
+"""
+from fer_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.description = "plain CNN, no BatchNorm, no augmentation (seed: 57.66%, stopped at epoch 12)"
+    c.model = "simple_cnn_v1"
+    c.epochs = 30
+    c.batch_size = 64
+    c.learning_rate = 1e-3
+    c.early_stopping_patience = 5
+    c.plateau.enabled = False  # the seed used a constant learning rate here
+    c.wandb.experiment_type = "baseline"
+    return c

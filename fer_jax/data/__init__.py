@@ -1,0 +1,1 @@
+"""Everything that turns files into training batches."""

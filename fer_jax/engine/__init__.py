@@ -1,0 +1,1 @@
+"""The training engine: steps, parallelism, optimizer, checkpoints, logging."""

@@ -1,0 +1,128 @@
+"""Orbax checkpoints: the latest k for resuming, and separately the best by validation accuracy.
+
+A checkpoint step holds three items:
+- `variables`: params and batch_stats (all that evaluation and prediction need);
+- `train`: step, AdamW state and plateau state (only for resuming; a release omits it);
+- `meta`: JSON with the config, epoch and position in it, early-stopping state,
+  normalization, the data set's identity and the history of epoch metrics.
+Orbax's best_fn manager keeps the best N, not the latest, so resuming has a manager
+of its own. Saves are asynchronous; `wait` must be called before exit or restore.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from fer_jax.errors import UserError
+
+LATEST = "latest"
+BEST = "best"
+ITEMS = ("variables", "train", "meta")
+
+
+def _manager(directory: pathlib.Path, *, max_to_keep: int, best: bool, read_only: bool = False):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        best_fn=(lambda metrics: metrics["val_accuracy"]) if best else None,
+        best_mode="max",
+        keep_checkpoints_without_metrics=not best,
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=True,
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+
+
+def _to_numpy(tree: Any) -> Any:
+    return jax.tree.map(np.asarray, tree)
+
+
+class RunCheckpoints:
+    """The checkpoints of one run under WORKDIR/checkpoints/{latest,best}."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep_latest: int = 2):
+        root = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.latest = _manager(root / LATEST, max_to_keep=keep_latest, best=False)
+        self.best = _manager(root / BEST, max_to_keep=1, best=True)
+
+    @staticmethod
+    def _args(variables, train, meta):
+        items = {"variables": ocp.args.StandardSave(_to_numpy(variables)),
+                 "meta": ocp.args.JsonSave(meta)}
+        if train is not None:
+            items["train"] = ocp.args.StandardSave(_to_numpy(train))
+        return ocp.args.Composite(**items)
+
+    def save_latest(self, step: int, variables, train, meta: dict) -> None:
+        self.latest.save(step, args=self._args(variables, train, meta), force=True)
+
+    def save_best(self, step: int, variables, meta: dict, val_accuracy: float) -> None:
+        self.best.save(step, args=self._args(variables, None, meta),
+                       metrics={"val_accuracy": float(val_accuracy)}, force=True)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore_latest(self, variables_target, train_target) -> tuple[Any, Any, dict]:
+        """Restores the newest resumable checkpoint onto the targets' structure."""
+        step = self.latest.latest_step()
+        restored = self.latest.restore(step, args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(variables_target),
+            train=ocp.args.StandardRestore(train_target),
+            meta=ocp.args.JsonRestore()))
+        return restored["variables"], restored["train"], dict(restored["meta"])
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        self.best.close()
+
+
+def _is_step_dir(path: pathlib.Path) -> bool:
+    return (path / "variables").is_dir() and (path / "meta").is_dir()
+
+
+def resolve_checkpoint(path: str | pathlib.Path) -> pathlib.Path:
+    """Finds the step folder to evaluate: a run's workdir gives its best checkpoint."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint folder not found")
+    if _is_step_dir(path):
+        return path
+    for candidate in (path / "checkpoints" / BEST, path / BEST, path):
+        steps = sorted((p for p in candidate.glob("*") if p.name.isdigit() and _is_step_dir(p)),
+                       key=lambda p: int(p.name)) if candidate.is_dir() else []
+        if steps:
+            return steps[-1]
+    if (path / "checkpoints" / LATEST).is_dir():
+        raise UserError(f"{path}: the run has no best checkpoint yet (it has not finished an "
+                        "evaluation); point --checkpoint at checkpoints/latest to use its latest state")
+    raise UserError(f"{path}: not a fer_jax checkpoint (expected a run workdir, a checkpoints folder, "
+                    "or a step folder holding 'variables' and 'meta')")
+
+
+def read_meta(step_dir: pathlib.Path) -> dict:
+    try:
+        return dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta"))
+    except Exception as err:  # Orbax raises many types for a damaged folder.
+        raise UserError(f"{step_dir}: cannot read the checkpoint's metadata ({err})") from None
+
+
+def restore_variables(step_dir: pathlib.Path, target: Any | None = None) -> Any:
+    """Restores params and batch_stats as host arrays (any device count can use them)."""
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        restored = checkpointer.restore(step_dir / "variables", target) if target is not None \
+            else checkpointer.restore(step_dir / "variables")
+    except Exception as err:
+        raise UserError(f"{step_dir}: cannot restore the model's variables ({err}); the checkpoint "
+                        "is partial or of another model") from None
+    return jax.tree.map(np.asarray, restored)

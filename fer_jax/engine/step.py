@@ -1,0 +1,117 @@
+"""The train and eval steps: pure functions of (state, batch, rng) for one shard.
+
+Collectives are explicit over parallel.DATA_AXIS: gradients, loss and metrics are
+averaged or summed over it, and the models' BatchNorm uses it as axis_name, so a
+step over 8 devices computes what one device computes on the same global batch.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from fer_jax.data.types import NUM_CLASSES
+from fer_jax.engine.parallel import DATA_AXIS
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    plateau_state: Any
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def init_state(config, model, tx, plateau) -> TrainState:
+    """Fresh variables and optimizer states from config.seed."""
+    rng = jax.random.PRNGKey(config.seed)
+    init_model = model.clone(bn_axis_name=None)  # init runs outside the named data axis
+    variables = jax.jit(lambda r: init_model.init({"params": r, "dropout": r},
+                                                  jnp.zeros((1, 48, 48, 1), jnp.float32),
+                                                  train=False))(rng)
+    params = variables["params"]
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      plateau_state=plateau.init(params))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+    """Per-example cross-entropy against (optionally smoothed) one-hot targets."""
+    targets = jax.nn.one_hot(labels, NUM_CLASSES)
+    if label_smoothing > 0:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Callable,
+               tx: optax.GradientTransformation, class_weights: jax.Array | None,
+               label_smoothing: float) -> tuple[TrainState, dict]:
+    """One AdamW update on the global batch; this shard holds batch['image'] rows of it."""
+    # Same seed, same run: the dropout key depends only on the step and the shard.
+    dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
+                                     jax.lax.axis_index(DATA_AXIS))
+    labels = batch["label"]
+    weights = (jnp.ones(labels.shape, jnp.float32) if class_weights is None
+               else class_weights[labels])
+    # PyTorch's weighted mean: sum(w * ce) / sum(w), both over the global batch.
+    total_weight = jax.lax.psum(jnp.sum(weights), DATA_AXIS)
+
+    def loss_fn(params):
+        logits, new_model_state = apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        ce = cross_entropy(logits, labels, label_smoothing)
+        return jnp.sum(weights * ce) / total_weight, (logits, new_model_state)
+
+    (local_loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads = jax.lax.psum(grads, DATA_AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    scale = state.plateau_state.scale
+    updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
+    params = optax.apply_updates(state.params, updates)
+
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    metrics = {
+        "loss": jax.lax.psum(local_loss, DATA_AXIS),
+        "accuracy": jax.lax.psum(correct, DATA_AXIS) / jax.lax.psum(labels.shape[0], DATA_AXIS),
+        "grad_norm": optax.tree.norm(grads),
+        "lr_scale": scale,
+        # A finite loss can still be followed by an update that overflows the weights:
+        # checkpoints are only written when both are finite.
+        "params_finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])),
+    }
+    new_state = state.replace(step=state.step + 1, params=params,
+                              batch_stats=new_model_state["batch_stats"], opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable) -> dict:
+    """Sums over the global batch, counting only rows whose mask is set (padding is not)."""
+    logits = apply_fn(state.variables, batch["image"], train=False)
+    labels = batch["label"]
+    mask = batch["mask"].astype(jnp.float32)
+    ce = cross_entropy(logits, labels, 0.0)
+    predictions = jnp.argmax(logits, -1)
+    confusion = jnp.einsum("n,ni,nj->ij", mask, jax.nn.one_hot(labels, NUM_CLASSES),
+                           jax.nn.one_hot(predictions, NUM_CLASSES))
+    sums = {"loss_sum": jnp.sum(mask * ce), "count": jnp.sum(mask), "confusion": confusion}
+    return jax.lax.psum(sums, DATA_AXIS)
+
+
+def make_step_fns(apply_fn: Callable, tx: optax.GradientTransformation,
+                  class_weights: jax.Array | None, label_smoothing: float):
+    """The per-shard train and eval functions with the run's constants bound."""
+    train = functools.partial(train_step, apply_fn=apply_fn, tx=tx, class_weights=class_weights,
+                              label_smoothing=label_smoothing)
+    evaluate = functools.partial(eval_step, apply_fn=apply_fn)
+    return train, evaluate

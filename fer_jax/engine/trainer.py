@@ -1,0 +1,342 @@
+"""train_and_evaluate(config, workdir): the whole training run, resumable from its checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from fer_jax import metrics as metrics_lib
+from fer_jax.data import pipeline
+from fer_jax.data.source import PreparedData, prepare_data
+from fer_jax.data.types import CLASS_NAMES
+from fer_jax.engine import optim
+from fer_jax.engine.checkpoint import RunCheckpoints
+from fer_jax.engine.inference import Predictor, build_model
+from fer_jax.engine.parallel import DATA_AXIS, StepRunner
+from fer_jax.engine.step import TrainState, init_state, make_step_fns
+from fer_jax.engine.wandb_logger import RunLogger
+from fer_jax.errors import UserError
+
+# Config keys that may change between a run and its resumption (they do not change
+# what the run computes up to the point where it stopped).
+RESUMABLE_CHANGES = ("epochs", "max_train_steps", "wandb", "log_every_steps", "checkpoint",
+                     "early_stopping_patience", "description", "parallel", "eval_batch_size")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _identity_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+
+
+def _jsonable(tree: Any) -> Any:
+    return json.loads(json.dumps(tree, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _split_state(state: TrainState) -> tuple[dict, dict]:
+    return ({"params": state.params, "batch_stats": state.batch_stats},
+            {"step": state.step, "opt_state": state.opt_state, "plateau_state": state.plateau_state})
+
+
+def _join_state(variables: dict, train: dict) -> TrainState:
+    return TrainState(step=train["step"], params=variables["params"],
+                      batch_stats=variables["batch_stats"], opt_state=train["opt_state"],
+                      plateau_state=train["plateau_state"])
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT ask the loop to save and stop at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def evaluate_split(runner: StepRunner, state, images, labels, *, batch_size: int, norm: dict) -> dict:
+    """Loss and metrics over every example exactly once (padding masked out)."""
+    total = None
+    for batch in pipeline.eval_batches(images, labels, global_batch_size=batch_size, norm=norm,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count()):
+        sums = runner.eval(state, batch)
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = runner.to_host(total) if runner.mode == "jit" else jax.tree.map(np.asarray, total)
+    summary = metrics_lib.summarize_confusion(total["confusion"])
+    summary["loss"] = float(total["loss_sum"] / max(total["count"], 1))
+    return summary
+
+
+def _check_finite(metrics: dict, step: int, workdir: pathlib.Path) -> None:
+    loss, weights_finite = float(metrics["loss"]), bool(metrics["params_finite"])
+    if not (math.isfinite(loss) and weights_finite):
+        raise TrainingDiverged(
+            f"training diverged at step {step}: loss {loss}, weights "
+            f"{'finite' if weights_finite else 'NaN or infinite'}; stopped. The last good checkpoint "
+            f"is kept in {workdir / 'checkpoints'}. Try a lower learning_rate or grad_clip_norm.")
+
+
+def _sample_predictions(config, state_vars, prepared: PreparedData, norm: dict, count: int) -> dict:
+    model = build_model(config)
+    images = prepared.splits.validation.images[:count]
+    probs = Predictor(model, state_vars, norm, batch_size=max(count, 1)).predict(images)
+    return {"images": images, "labels": prepared.splits.validation.labels[:count],
+            "predictions": probs.argmax(-1), "confidence": probs.max(-1)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                       data_path: str | None = None, prepared: PreparedData | None = None,
+                       progress: bool = True) -> dict:
+    """Trains (resuming from WORKDIR's latest checkpoint), validates every epoch, keeps the best.
+
+    Returns the run's summary (also written to WORKDIR/summary.json).
+    """
+    workdir = pathlib.Path(workdir)
+    is_main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    prepared = prepared or prepare_data(config.data, data_path)
+    splits = prepared.splits
+    if prepared.notice and is_main:
+        print(prepared.notice, file=sys.stderr)
+    if is_main:
+        print(f"data: {prepared.identity['name']} ({prepared.identity['source']}); {splits.description}; "
+              f"train {len(splits.train)}, validation {len(splits.validation)}", file=sys.stderr)
+
+    global_batch = config.batch_size
+    if global_batch % jax.device_count():
+        raise UserError(f"batch_size {global_batch} must be divisible by the {jax.device_count()} devices")
+    eval_batch = max(config.eval_batch_size - config.eval_batch_size % jax.device_count(),
+                     jax.device_count())
+    norm = pipeline.normalization_stats(splits.train.images)
+    class_weights = (jnp.asarray(pipeline.class_weights(splits.train.labels))
+                     if config.class_weighted_loss else None)
+    augment = pipeline.AugmentConfig.from_mapping(config.augment)
+
+    model = build_model(config, bn_axis_name=DATA_AXIS)
+    tx = optim.make_optimizer(config)
+    plateau = optim.make_plateau(config)
+    state = init_state(config, model, tx, plateau)
+
+    config_dict = _jsonable(config.to_dict())
+    meta = {"config": config_dict, "data": prepared.identity, "normalization": norm,
+            "model": config.model, "epoch": 0, "batch_in_epoch": 0,
+            "best_val_accuracy": -1.0, "epochs_since_best": 0, "stopped_early": False,
+            "history": [], "synthetic": prepared.synthetic, "notice": prepared.notice,
+            "train_seconds": 0.0}
+    checkpoints = RunCheckpoints(workdir, keep_latest=config.checkpoint.keep_latest)
+    if checkpoints.latest_step() is not None:
+        variables_t, train_t = _split_state(state)
+        variables, train, saved = checkpoints.restore_latest(variables_t, train_t)
+        if saved.get("data", {}).get("fingerprint") != prepared.identity["fingerprint"]:
+            raise UserError(f"{workdir}: holds a run on other data ({saved.get('data')}); "
+                            "use another --workdir")
+        if _identity_config(saved["config"]) != _identity_config(config_dict):
+            changed = sorted(k for k in set(saved["config"]) | set(config_dict)
+                             if k not in RESUMABLE_CHANGES and saved["config"].get(k) != config_dict.get(k))
+            raise UserError(f"{workdir}: holds a run with a different config (keys {', '.join(changed)}); "
+                            "use another --workdir or the same settings")
+        state = _join_state(variables, train)
+        meta.update({k: v for k, v in saved.items() if k not in ("config",)})
+        meta["config"] = config_dict
+        if is_main:
+            print(f"resuming from step {int(state.step)} (epoch {meta['epoch'] + 1}, "
+                  f"batch {meta['batch_in_epoch']})", file=sys.stderr)
+
+    train_fn, eval_fn = make_step_fns(model.apply, tx, class_weights, config.label_smoothing)
+    runner = StepRunner(train_fn, eval_fn, config.parallel)
+    device_state = runner.to_devices(state)
+    rng = jax.random.PRNGKey(config.seed)
+    logger = RunLogger(config_dict, workdir, mode=config.wandb.mode, project=config.wandb.project,
+                       tags=[config.model, prepared.identity["name"], config.wandb.experiment_type],
+                       name=config.experiment or config.model, enabled=is_main)
+
+    steps_per_epoch = pipeline.steps_per_epoch(len(splits.train), global_batch)
+    if steps_per_epoch == 0:
+        raise UserError(f"the training split has {len(splits.train)} examples, fewer than one batch "
+                        f"of {global_batch}")
+    step = int(state.step)
+    max_steps = config.max_train_steps or None
+    capped = False
+    last_good_loss = None
+
+    def save_latest(st):
+        variables, train = _split_state(runner.to_host(st))
+        checkpoints.save_latest(step, variables, train, meta)
+
+    def host_metrics(step_metrics) -> dict:
+        if runner.mode == "jit":
+            return runner.to_host(step_metrics)
+        return jax.tree.map(lambda x: np.asarray(x[0]), step_metrics)
+
+    def validate(st) -> dict:
+        return evaluate_split(runner, st, splits.validation.images, splits.validation.labels,
+                              batch_size=eval_batch, norm=norm)
+
+    start_time = time.time()
+    train_seconds_before = meta["train_seconds"]
+    try:
+        with _StopRequest() as stop:
+            while meta["epoch"] < config.epochs and not meta["stopped_early"]:
+                epoch = meta["epoch"]
+                batches = pipeline.train_batches(
+                    splits.train.images, splits.train.labels, global_batch_size=global_batch,
+                    seed=config.seed, epoch=epoch, augment=augment, balanced=config.balanced_sampling,
+                    norm=norm, start_batch=meta["batch_in_epoch"], process_index=jax.process_index(),
+                    process_count=jax.process_count())
+                bar = tqdm(total=steps_per_epoch, initial=meta["batch_in_epoch"], unit="batch",
+                           desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and is_main),
+                           file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+                epoch_loss, epoch_acc, seen = 0.0, 0.0, 0
+                tick, tick_images = time.time(), 0
+                step_metrics = None
+                for batch in batches:
+                    device_state, step_metrics = runner.train(device_state, batch, rng)
+                    step += 1
+                    meta["batch_in_epoch"] += 1
+                    tick_images += global_batch
+                    bar.update(1)
+                    if step % config.log_every_steps == 0 or meta["batch_in_epoch"] == steps_per_epoch:
+                        m = host_metrics(step_metrics)
+                        loss = float(m["loss"])
+                        _check_finite(m, step, workdir)
+                        last_good_loss = loss
+                        epoch_loss += loss
+                        epoch_acc += float(m["accuracy"])
+                        seen += 1
+                        now = time.time()
+                        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{float(m['accuracy']):.3f}",
+                                        img_s=f"{tick_images / max(now - tick, 1e-9):.0f}")
+                        logger.log({"train/step_loss": loss, "train/lr_scale": float(m["lr_scale"])}, step)
+                        tick, tick_images = now, 0
+                    if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0 \
+                            and meta["batch_in_epoch"] < steps_per_epoch:
+                        _check_finite(host_metrics(step_metrics), step, workdir)
+                        meta["train_seconds"] = train_seconds_before + time.time() - start_time
+                        save_latest(device_state)
+                    if (max_steps and step >= max_steps) or stop.requested:
+                        capped = True
+                        break
+                bar.close()
+                if meta["batch_in_epoch"] and step_metrics is not None:
+                    _check_finite(host_metrics(step_metrics), step, workdir)
+                end_of_epoch = meta["batch_in_epoch"] >= steps_per_epoch
+                if not end_of_epoch and stop.requested:
+                    meta["train_seconds"] = train_seconds_before + time.time() - start_time
+                    save_latest(device_state)
+                    raise UserError(f"stopped at step {step} on request; checkpoint saved in "
+                                    f"{workdir / 'checkpoints'}; run the same command to resume")
+
+                val = validate(device_state)
+                record = {"epoch": epoch + 1, "step": step, "val_loss": val["loss"],
+                          "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                          "train_loss": epoch_loss / max(seen, 1), "train_accuracy": epoch_acc / max(seen, 1),
+                          "elapsed_seconds": train_seconds_before + time.time() - start_time,
+                          "partial_epoch": not end_of_epoch}
+                host_state = runner.to_host(device_state)
+                if end_of_epoch:
+                    # Plateau and early stopping are per-epoch decisions: a capped, partial
+                    # epoch is validated for reporting only, so resuming it changes nothing.
+                    plateau_state = optim.plateau_step(config, host_state.plateau_state, val["loss"])
+                    host_state = host_state.replace(plateau_state=jax.tree.map(np.asarray, plateau_state))
+                    device_state = runner.to_devices(host_state)
+                    record["lr_scale"] = float(plateau_state.scale)
+                    if val["accuracy"] > meta["best_val_accuracy"]:
+                        meta["best_val_accuracy"], meta["epochs_since_best"] = val["accuracy"], 0
+                    else:
+                        meta["epochs_since_best"] += 1
+                    if config.early_stopping_patience and \
+                            meta["epochs_since_best"] >= config.early_stopping_patience:
+                        meta["stopped_early"] = True
+                    meta["epoch"], meta["batch_in_epoch"] = epoch + 1, 0
+                meta["history"].append(record)
+                meta["train_seconds"] = record["elapsed_seconds"]
+                if is_main:
+                    msg = (f"epoch {epoch + 1}: val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} "
+                           f"macro_f1 {val['macro_f1']:.4f}" + (" (partial epoch)" if not end_of_epoch else ""))
+                    print(msg, file=sys.stderr)
+                logger.log({"epoch": epoch + 1, "val/loss": val["loss"], "val/accuracy": val["accuracy"],
+                            "val/macro_f1": val["macro_f1"], "train/loss": record["train_loss"],
+                            "train/accuracy": record["train_accuracy"],
+                            "train/lr_scale": float(host_state.plateau_state.scale),
+                            **{f"val/recall_{c}": val["per_class"][c]["recall"] for c in CLASS_NAMES}}, step)
+                variables, train = _split_state(host_state)
+                checkpoints.save_latest(step, variables, train, meta)
+                best_so_far = max((h["val_accuracy"] for h in meta["history"][:-1]), default=-1.0)
+                if val["accuracy"] > best_so_far:
+                    checkpoints.save_best(step, variables, {**meta, "val_metrics": val}, val["accuracy"])
+                if meta["stopped_early"] and is_main:
+                    print(f"early stopping: no better validation accuracy for "
+                          f"{config.early_stopping_patience} epochs", file=sys.stderr)
+                if capped:
+                    break
+    except BaseException:
+        # Async saves in flight are finished, so the last good checkpoint is complete.
+        checkpoints.close()
+        logger.finish()
+        raise
+    checkpoints.wait()
+
+    best_step = checkpoints.best.best_step()
+    best_dir = workdir / "checkpoints" / "best" / str(best_step) if best_step is not None else None
+    history = meta["history"]
+    best = max(history, key=lambda h: h["val_accuracy"]) if history else None
+    summary = {
+        "experiment": config.experiment, "model": config.model, "data": prepared.identity,
+        "synthetic": prepared.synthetic, "steps": step, "epochs_completed": meta["epoch"],
+        "stopped_early": meta["stopped_early"], "capped": capped,
+        "best_val_accuracy": best["val_accuracy"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "best_checkpoint": str(best_dir) if best_dir else None,
+        "train_seconds": meta["train_seconds"], "devices": jax.device_count(),
+        "processes": jax.process_count(), "last_train_loss": last_good_loss,
+        "history": history,
+    }
+    if prepared.notice:
+        summary["notice"] = prepared.notice
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if logger.active:
+            final_val = validate(device_state) if best is None else None
+            best_meta_val = None
+            if best_dir is not None:
+                from fer_jax.engine.checkpoint import read_meta, restore_variables
+                best_meta_val = read_meta(best_dir).get("val_metrics")
+                samples = _sample_predictions(config, restore_variables(best_dir), prepared, norm,
+                                              config.wandb.num_sample_predictions)
+            else:
+                samples = None
+            confusion = np.array((best_meta_val or final_val)["confusion_matrix"])
+            logger.log_final(confusion=confusion, samples=samples,
+                             best_dir=str(best_dir) if best_dir else None,
+                             summary={k: v for k, v in summary.items() if k != "history"}, step=step)
+    logger.finish()
+    checkpoints.close()
+    return summary

@@ -1,0 +1,72 @@
+"""Building blocks shared by the models: initializers, BatchNorm settings, pooling."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# He/Kaiming normal with fan_out, as the seed study's PyTorch models initialised convs
+# (jax's "normal" is untruncated, like torch.nn.init.kaiming_normal_).
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# PyTorch's BatchNorm momentum 0.1 weights the new batch; flax's weights the old average.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str | None = None
+               ) -> nn.BatchNorm:
+    """BatchNorm with the study's settings; axis_name makes statistics global under pmap/shard_map."""
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                        epsilon=BN_EPSILON, axis_name=axis_name, dtype=dtype, name=name)
+
+
+def conv(features: int, kernel: int, dtype: Any, use_bias: bool, strides: int = 1,
+         name: str | None = None) -> nn.Conv:
+    """Square convolution with the study's kernel initializer, 'same' padded.
+
+    Strided convs pad kernel // 2 on every side, as PyTorch does: XLA's "SAME" would pad
+    only the bottom/right, shifting the sampled grid a pixel off the one a strided 1x1
+    shortcut (and a PyTorch-trained kernel) sees.
+    """
+    padding = "SAME" if strides == 1 else [(kernel // 2, kernel // 2)] * 2
+    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
+                   use_bias=use_bias, kernel_init=conv_kernel_init, dtype=dtype, name=name)
+
+
+class ConvBNReLU(nn.Module):
+    """Conv (no bias: BatchNorm's shift replaces it), BatchNorm, ReLU."""
+
+    features: int
+    kernel: int = 3
+    strides: int = 1
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = conv(self.features, self.kernel, self.dtype, use_bias=False, strides=self.strides)(x)
+        x = batch_norm(train, self.bn_axis_name, self.dtype)(x)
+        return nn.relu(x)
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2 (halves height and width)."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, C)."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def spatial_dropout(rate: float, name: str | None = None) -> nn.Dropout:
+    """Dropout2d: drops whole channels of an NHWC map (one mask value per sample and channel)."""
+    return nn.Dropout(rate, broadcast_dims=(1, 2), name=name)
+
+
+def logits_head(num_classes: int, dtype: Any, x: jax.Array, name: str = "logits") -> jax.Array:
+    """Final Dense; logits are float32 whatever the compute dtype (stable softmax/loss)."""
+    return nn.Dense(num_classes, dtype=dtype, name=name)(x).astype(jnp.float32)

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real FER2013 files from ../shared when present, else generated ones."""
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_FER_DIR = pathlib.Path(
+    os.environ.get("FER_JAX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "fer2013"))
+SHARED_SAMPLE = SHARED_FER_DIR / "fer2013_sample.csv.gz"
+SHARED_PUBLIC = SHARED_FER_DIR / "fer2013_public.csv.gz"
+
+# TensorFlow must never grab memory or threads that tests do not ask for.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def write_kaggle_csv(path: pathlib.Path, images: np.ndarray, labels: np.ndarray,
+                     usage: np.ndarray) -> pathlib.Path:
+    """Writes rows in Kaggle's fer2013.csv format (gzip when the name ends in .gz)."""
+    lines = ["emotion,pixels,Usage"]
+    for image, label, split in zip(images, labels, usage):
+        lines.append(f"{int(label)},{' '.join(map(str, image.reshape(-1).tolist()))},{split}")
+    text = "\n".join(lines) + "\n"
+    path = pathlib.Path(path)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def generated_fer_arrays(n_per_class_split: int = 6, seed: int = 0):
+    """Random uint8 faces covering every class in Training, PublicTest and PrivateTest."""
+    rng = np.random.default_rng(seed)
+    labels, usage = [], []
+    for split in ("Training", "PublicTest", "PrivateTest"):
+        for label in range(7):
+            labels += [label] * n_per_class_split
+            usage += [split] * n_per_class_split
+    labels = np.array(labels, dtype=np.int32)
+    images = rng.integers(0, 256, size=(len(labels), 48, 48), dtype=np.uint8)
+    return images, labels, np.array(usage)
+
+
+@pytest.fixture(scope="session")
+def fer_sample_path(tmp_path_factory) -> pathlib.Path:
+    """The shared stratified sample, or a generated file of the same format."""
+    if SHARED_SAMPLE.exists():
+        return SHARED_SAMPLE
+    path = tmp_path_factory.mktemp("fer") / "fer2013_sample.csv.gz"
+    return write_kaggle_csv(path, *generated_fer_arrays())
+
+
+@pytest.fixture(scope="session")
+def fer_public_path() -> pathlib.Path:
+    """The full shared Training + PublicTest file; tests that need it skip without it."""
+    if not SHARED_PUBLIC.exists():
+        pytest.skip(f"{SHARED_PUBLIC} is not present")
+    return SHARED_PUBLIC

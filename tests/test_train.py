@@ -1,0 +1,185 @@
+"""The training engine end to end on real data (the shared sample): smoke, resume, NaN, CLI, W&B."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fer_jax import config as config_lib
+from fer_jax.data.source import prepare_data
+from fer_jax.engine.checkpoint import resolve_checkpoint, restore_variables
+from fer_jax.engine.trainer import TrainingDiverged, train_and_evaluate
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
+
+
+def small_config(**overrides):
+    config = config_lib.load_experiment("simple_cnn_v1")
+    config.model = "simple_cnn_v2"
+    config.batch_size = 32
+    config.epochs = 2
+    config.log_every_steps = 4
+    config.checkpoint.every_steps = 10
+    config.augment.rotation_deg = 10.0
+    config.augment.hflip_prob = 0.5
+    config.augment.translate_frac = 0.1
+    config.wandb.mode = "disabled"
+    config.plateau.enabled = True
+    for key, value in overrides.items():
+        target = config
+        *path, leaf = key.split(".")
+        for part in path:
+            target = target[part]
+        target[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def prepared(fer_sample_path):
+    return prepare_data(config_lib.base_config().data, str(fer_sample_path))
+
+
+@pytest.fixture(scope="module")
+def unbroken_run(prepared, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("unbroken")
+    summary = train_and_evaluate(small_config(), workdir, prepared=prepared, progress=False)
+    return workdir, summary
+
+
+def _final_variables(workdir):
+    from fer_jax.engine.checkpoint import RunCheckpoints
+    step_dir = max((p for p in glob.glob(str(workdir / "checkpoints" / "latest" / "*")) if os.path.basename(p).isdigit()), key=lambda p: int(os.path.basename(p)))
+    import pathlib
+    return restore_variables(pathlib.Path(step_dir))
+
+
+def _assert_same_variables(a, b, atol=1e-6):
+    import jax
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+
+
+def test_one_step_smoke(prepared, tmp_path):
+    summary = train_and_evaluate(small_config(max_train_steps=1), tmp_path, prepared=prepared, progress=False)
+    assert summary["steps"] == 1 and summary["capped"]
+    assert 0.0 <= summary["best_val_accuracy"] <= 1.0
+    assert (tmp_path / "summary.json").exists()
+    step_dir = resolve_checkpoint(tmp_path)
+    assert step_dir.name == "1" and step_dir.parent.name == "best"
+
+
+def test_unbroken_run_learns_and_keeps_history(unbroken_run):
+    workdir, summary = unbroken_run
+    assert summary["epochs_completed"] == 2 and len(summary["history"]) == 2
+    assert summary["steps"] == 2 * (1152 // 32) or summary["data"]["name"] == "fer2013"
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert all(np.isfinite(losses))
+    best = max(h["val_accuracy"] for h in summary["history"])
+    assert summary["best_val_accuracy"] == best
+
+
+def test_resume_after_stop_mid_epoch_matches_unbroken_run(prepared, unbroken_run, tmp_path):
+    reference_dir, reference = unbroken_run
+    first = train_and_evaluate(small_config(max_train_steps=13), tmp_path, prepared=prepared, progress=False)
+    assert first["steps"] == 13 and first["capped"]
+    second = train_and_evaluate(small_config(), tmp_path, prepared=prepared, progress=False)
+    assert second["steps"] == reference["steps"]
+    _assert_same_variables(_final_variables(tmp_path), _final_variables(reference_dir))
+    assert second["history"][-1]["val_accuracy"] == pytest.approx(reference["history"][-1]["val_accuracy"])
+
+
+def test_killed_process_resumes_to_the_same_result(fer_sample_path, unbroken_run, tmp_path):
+    reference_dir, reference = unbroken_run
+    command = [sys.executable, "-m", "fer_jax.train", "--experiment=simple_cnn_v1", f"--data={fer_sample_path}",
+               f"--workdir={tmp_path}", "--no-progress", "--set", "model=simple_cnn_v2", "--set", "batch_size=32",
+               "--set", "epochs=2", "--set", "log_every_steps=4", "--set", "checkpoint.every_steps=10",
+               "--set", "augment.rotation_deg=10.0", "--set", "augment.hflip_prob=0.5",
+               "--set", "augment.translate_frac=0.1", "--set", "plateau.enabled=true",
+               "--set", "wandb.mode=disabled"]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoints" / "latest" / "20").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from step" in done.stderr
+    _assert_same_variables(_final_variables(tmp_path), _final_variables(reference_dir))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(prepared, tmp_path):
+    config = small_config(learning_rate=1e9, log_every_steps=1, epochs=1)
+    config.checkpoint.every_steps = 1
+    with pytest.raises(TrainingDiverged, match="diverged at step"):
+        train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    variables = _final_variables(tmp_path)
+    import jax
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables))
+
+
+def test_evaluate_restores_the_best_checkpoint(fer_sample_path, unbroken_run, tmp_path):
+    workdir, summary = unbroken_run
+    out = tmp_path / "eval"
+    done = subprocess.run([sys.executable, "-m", "fer_jax.evaluate", "--checkpoint", str(workdir),
+                           "--data", str(fer_sample_path), "--out", str(out)],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = [line for line in done.stdout.splitlines() if line.startswith("accuracy: ")]
+    assert len(first) == 1
+    assert float(first[0].split()[1]) == pytest.approx(summary["best_val_accuracy"], abs=1e-4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(summary["best_val_accuracy"], abs=1e-4)
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["count"]
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--experiment=nope"], "unknown experiment 'nope'; valid names:"),
+    (["--experiment=cbam", "--set", "epochs=many"], "epochs=many: expected a value of type int"),
+    (["--experiment=cbam", "--set", "nonsense=1"], "unknown config key 'nonsense'"),
+    (["--experiment=cbam", "--data=/no/such/file.csv"], "/no/such/file.csv"),
+])
+def test_user_mistakes_get_one_clear_line_and_exit_2(args, expected):
+    done = subprocess.run([sys.executable, "-m", "fer_jax.train", *args], env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_evaluate_without_a_checkpoint_or_release_says_so(fer_sample_path, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fer_jax.evaluate", "--checkpoint", str(tmp_path),
+                           "--data", str(fer_sample_path)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not a fer_jax checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_wandb_offline_run_records_config_metrics_tables_and_artifact(prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    config = small_config(max_train_steps=3)
+    config.wandb.mode = "online"  # no login here: must fall back to offline without waiting
+    started = time.time()
+    train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    assert time.time() - started < 240
+    runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    assert len(runs) == 1
+    record = open(glob.glob(os.path.join(runs[0], "run-*.wandb"))[0], "rb").read()
+    for expected in [b"facial-expression-recognition", b"simple_cnn_v2", b"fer2013", b"val/accuracy",
+                     b"val/recall_disgust", b"train/lr_scale", b"learning_rate", b"-best"]:
+        assert expected in record, expected
+    tables = {os.path.basename(p).split("_3_")[0] for p in glob.glob(os.path.join(runs[0], "files", "media", "table", "*.json"))}
+    assert {"sample_predictions", "confusion_matrix_table"} <= tables
