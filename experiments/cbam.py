@@ -3,20 +3,18 @@
 Redoes the seed's CBAM experiment (three conv stages of 32/64/128 with channel and
 spatial attention). The seed expected 60-65% but reported no run.
 """
+from fer_jax.experiments._common import seed_augmentation
 from fer_jax.config import base_config
 
 
 def get_config():
-    c = base_config()
+    c = seed_augmentation(base_config())
     c.description = "CNN with CBAM attention (seed: expected 60-65%, no run reported)"
     c.model = "cbam_cnn"
     c.epochs = 30
     c.batch_size = 64
     c.learning_rate = 1e-3
     c.weight_decay = 1e-4
-    c.augment.rotation_deg = 10.0
-    c.augment.hflip_prob = 0.5
-    c.augment.translate_frac = 0.1
     c.augment.scale_range = (0.9, 1.1)
     c.plateau.patience = 3
     c.early_stopping_patience = 8

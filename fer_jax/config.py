@@ -6,7 +6,7 @@ it never selects a code path that the base config cannot describe.
 from __future__ import annotations
 
 import ast
-import importlib.util
+import importlib
 import pathlib
 
 import ml_collections
@@ -30,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.2
     c.data.split_seed = 42
     c.data.synthetic_size = 12000
+    # The synthetic set is for trying the system: a run on it is kept short.
+    c.data.synthetic_epochs = 3
     c.data.skip_bad_rows = False
 
     c.augment = ml_collections.ConfigDict(dict(
@@ -64,12 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def experiments_dir() -> pathlib.Path:
-    """`experiments/`, both in a checkout and in an installed package (fer_jax.experiments)."""
-    try:
-        import fer_jax.experiments as installed
-        return pathlib.Path(installed.__file__).parent
-    except ImportError:
-        return pathlib.Path(__file__).resolve().parents[1] / "experiments"
+    """`experiments/` of the checkout, installed as the package fer_jax.experiments."""
+    import fer_jax.experiments as experiments
+    return pathlib.Path(experiments.__file__).parent
 
 
 def experiment_names() -> list[str]:
@@ -80,11 +79,7 @@ def load_experiment(name: str) -> ml_collections.ConfigDict:
     names = experiment_names()
     if name not in names:
         raise UserError(f"unknown experiment {name!r}; valid names: {', '.join(names)}")
-    path = experiments_dir() / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"fer_jax_experiment_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = importlib.import_module(f"fer_jax.experiments.{name}").get_config()
     config.experiment = name
     return config
 

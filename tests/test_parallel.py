@@ -63,3 +63,37 @@ def test_two_processes_match_one(single_device, tmp_path):
     for proc in procs:
         _finish(proc)
     _assert_same(dict(np.load(out)), single_device, 4)
+
+
+def _train_command(workdir, data, extra=()):
+    return [sys.executable, "-m", "fer_jax.train", "--experiment=simple_cnn_v1", f"--data={data}",
+            f"--workdir={workdir}", "--no-progress", "--set", "max_train_steps=8", "--set",
+            "checkpoint.every_steps=5", "--set", "wandb.mode=disabled", *extra]
+
+
+def test_train_command_on_two_hosts_matches_one_host(fer_sample_path, tmp_path):
+    """The whole command (data shards, checkpoints from every process) across 2 processes."""
+    import json
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+               JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen(_train_command(tmp_path / "multi", fer_sample_path,
+                                             ["--coordinator", address, "--num-processes", "2",
+                                              "--process-id", str(pid)]),
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for pid in range(2)]
+    for proc in procs:
+        _finish(proc, timeout=400)
+    single = subprocess.run(_train_command(tmp_path / "single", fer_sample_path),
+                            env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+                            capture_output=True, text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi_summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert multi_summary["processes"] == 2 and multi_summary["devices"] == 4
+    assert single_summary["processes"] == 1 and single_summary["devices"] == 4
+    np.testing.assert_allclose(multi_summary["history"][-1]["val_loss"],
+                               single_summary["history"][-1]["val_loss"], rtol=1e-4)
+    assert multi_summary["history"][-1]["val_accuracy"] == single_summary["history"][-1]["val_accuracy"]
+    assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints" / "latest").iterdir()) == ["5", "8"]

@@ -39,17 +39,17 @@ _NEUTRAL = CLASS_NAMES.index("neutral")
 # 24 pixels at scale 1). Per parameter: the class means in CLASS_NAMES order
 # (angry, disgust, fear, happy, sad, surprise, neutral), then the per-sample jitter.
 EXPRESSION_TABLE: dict[str, tuple[tuple[float, ...], float]] = {
-    "eye_open":       ((0.035, 0.030, 0.100, 0.028, 0.045, 0.110, 0.055), 0.010),
-    "brow_gap":       ((0.080, 0.110, 0.190, 0.150, 0.150, 0.240, 0.150), 0.015),
-    "brow_tilt":      ((0.090, 0.030, -0.060, 0.000, -0.080, 0.000, 0.000), 0.015),
+    "eye_open":       ((0.032, 0.030, 0.100, 0.028, 0.045, 0.110, 0.055), 0.010),
+    "brow_gap":       ((0.070, 0.110, 0.190, 0.150, 0.150, 0.240, 0.150), 0.015),
+    "brow_tilt":      ((0.110, 0.030, -0.060, 0.000, -0.080, 0.000, 0.000), 0.015),
     "brow_arch":      ((0.000, 0.010, 0.000, 0.030, 0.010, 0.070, 0.025), 0.012),
     "mouth_curve":    ((-0.020, -0.050, -0.030, 0.120, -0.090, 0.000, 0.000), 0.015),
-    "mouth_width":    ((0.170, 0.200, 0.280, 0.270, 0.190, 0.130, 0.210), 0.020),
+    "mouth_width":    ((0.160, 0.200, 0.280, 0.270, 0.190, 0.130, 0.210), 0.020),
     "mouth_upper":    ((0.000, 0.040, 0.020, 0.010, 0.000, 0.100, 0.000), 0.012),
     "mouth_lower":    ((0.010, 0.010, 0.060, 0.080, 0.000, 0.140, 0.000), 0.015),
     "teeth":          ((0.300, 0.500, 0.600, 0.800, 0.000, 0.000, 0.000), 0.150),
     "lip_raise":      ((0.000, 0.060, 0.000, 0.000, 0.000, 0.000, 0.000), 0.010),
-    "nose_wrinkle":   ((0.300, 1.000, 0.100, 0.100, 0.000, 0.000, 0.000), 0.150),
+    "nose_wrinkle":   ((0.450, 1.000, 0.100, 0.100, 0.000, 0.000, 0.000), 0.150),
     "smile_folds":    ((0.300, 0.700, 0.300, 0.800, 0.200, 0.100, 0.200), 0.150),
     "forehead_lines": ((0.000, 0.100, 0.500, 0.100, 0.300, 0.700, 0.000), 0.150),
 }
@@ -58,7 +58,7 @@ _EXPRESSION_FLOOR = {"eye_open": 0.012, "mouth_width": 0.08, "mouth_upper": 0.0,
                      "mouth_lower": 0.0, "lip_raise": 0.0}
 _STRENGTHS = ("teeth", "nose_wrinkle", "smile_folds", "forehead_lines")
 # How far a non-neutral face goes from neutral towards its class mean.
-INTENSITY_RANGE = (0.6, 1.3)
+INTENSITY_RANGE = (0.7, 1.3)
 
 OCCLUDER_PROBABILITIES = {"bar": 0.15, "hand": 0.12, "glasses": 0.15}
 
@@ -149,7 +149,8 @@ def sample_face_params(labels: np.ndarray, rng: np.random.Generator) -> dict[str
     params["blur_px"] = rng.uniform(0.8, 1.8, n)
     params["noise"] = rng.uniform(1.0, 8.0, n)
 
-    # Occluders: each drawn or not per face; geometry is sampled for all to keep shapes fixed.
+    # Occluders: each drawn or not per face. Geometry is drawn for every face so that the
+    # random stream, hence every other face, does not depend on who wears one.
     for name, probability in OCCLUDER_PROBABILITIES.items():
         params[f"{name}_on"] = (rng.random(n) < probability).astype(np.float64)
     params["bar_x"] = rng.uniform(-0.8, 0.8, n)

@@ -25,7 +25,11 @@ ITEMS = ("variables", "train", "meta")
 
 
 def _manager(directory: pathlib.Path, *, max_to_keep: int, best: bool, read_only: bool = False):
+    # Both managers may save the same step; multi-host barriers are keyed by step, so
+    # each manager needs its own prefix or the two saves collide.
     options = ocp.CheckpointManagerOptions(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=BEST if best else LATEST),
         max_to_keep=max_to_keep,
         best_fn=(lambda metrics: metrics["val_accuracy"]) if best else None,
         best_mode="max",

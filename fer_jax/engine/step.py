@@ -91,7 +91,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Call
         "params_finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])),
     }
     new_state = state.replace(step=state.step + 1, params=params,
-                              batch_stats=new_model_state["batch_stats"], opt_state=opt_state)
+                              batch_stats=new_model_state.get("batch_stats", {}), opt_state=opt_state)
     return new_state, metrics
 
 

@@ -123,6 +123,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
     prepared = prepared or prepare_data(config.data, data_path)
+    if prepared.synthetic and config.epochs > config.data.synthetic_epochs:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.epochs = config.data.synthetic_epochs
+        if is_main:
+            print(f"training on synthetic data: epochs capped at data.synthetic_epochs="
+                  f"{config.epochs}", file=sys.stderr)
     splits = prepared.splits
     if prepared.notice and is_main:
         print(prepared.notice, file=sys.stderr)
@@ -214,11 +220,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 bar = tqdm(total=steps_per_epoch, initial=meta["batch_in_epoch"], unit="batch",
                            desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and is_main),
                            file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-                epoch_loss, epoch_acc, seen = 0.0, 0.0, 0
+                # Summed on the device every step, fetched once: the epoch's mean train metrics.
+                epoch_sums, epoch_steps = None, 0
                 tick, tick_images = time.time(), 0
                 step_metrics = None
                 for batch in batches:
                     device_state, step_metrics = runner.train(device_state, batch, rng)
+                    sums_now = {"loss": step_metrics["loss"], "accuracy": step_metrics["accuracy"]}
+                    epoch_sums = sums_now if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, sums_now)
+                    epoch_steps += 1
                     step += 1
                     meta["batch_in_epoch"] += 1
                     tick_images += global_batch
@@ -228,9 +238,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         loss = float(m["loss"])
                         _check_finite(m, step, workdir)
                         last_good_loss = loss
-                        epoch_loss += loss
-                        epoch_acc += float(m["accuracy"])
-                        seen += 1
                         now = time.time()
                         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{float(m['accuracy']):.3f}",
                                         img_s=f"{tick_images / max(now - tick, 1e-9):.0f}")
@@ -255,9 +262,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                     f"{workdir / 'checkpoints'}; run the same command to resume")
 
                 val = validate(device_state)
+                train_means = ({k: float(v) / epoch_steps for k, v in host_metrics(epoch_sums).items()}
+                               if epoch_steps else {"loss": None, "accuracy": None})
                 record = {"epoch": epoch + 1, "step": step, "val_loss": val["loss"],
                           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                          "train_loss": epoch_loss / max(seen, 1), "train_accuracy": epoch_acc / max(seen, 1),
+                          "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"],
+                      "train_steps_this_session": epoch_steps,
                           "elapsed_seconds": train_seconds_before + time.time() - start_time,
                           "partial_epoch": not end_of_epoch}
                 host_state = runner.to_host(device_state)

@@ -65,7 +65,7 @@ class RunLogger:
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
 
     def log_final(self, *, confusion: np.ndarray, samples: dict | None, best_dir: str | None,
                   summary: dict, step: int) -> None:

@@ -53,8 +53,17 @@ class ConvBNReLU(nn.Module):
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool, stride 2 (halves height and width)."""
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    """2x2 max-pool, stride 2 (halves height and width; an odd last row/column is dropped).
+
+    Written as a reshape and a max rather than nn.max_pool: XLA's CPU backend lowers the
+    latter's gradient to select-and-scatter, which measured 7x slower than the gradient of
+    this form (BUILD_NOTES.md, "Where the time goes"). Ties share the gradient equally
+    instead of giving it to one position; after a ReLU that only happens at zeros, where
+    the ReLU's own gradient is zero.
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

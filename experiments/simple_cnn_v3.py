@@ -1,0 +1,22 @@
+"""simple_cnn_v3: class-weighted loss AND balanced sampling together, with AdamW.
+
+Redoes the seed's simple CNN v3, the combination that collapsed: the seed's run fell to
+1.76% validation accuracy, predicting only "disgust". Both corrections at once weight
+the rare class twice (it is oversampled and its loss is scaled up), so its effective
+weight is about 16.5^2 times that of "happy". Kept as it was, to make that visible.
+"""
+from fer_jax.experiments._common import seed_augmentation
+from fer_jax.config import base_config
+
+
+def get_config():
+    c = seed_augmentation(base_config())
+    c.description = "weighted loss + balanced sampling (seed: collapsed to 1.76%, only 'disgust')"
+    c.model = "simple_cnn_v2"
+    c.learning_rate = 5e-4
+    c.weight_decay = 1e-4
+    c.class_weighted_loss = True
+    c.balanced_sampling = True
+    c.early_stopping_patience = 7
+    c.wandb.experiment_type = "imbalance"
+    return c

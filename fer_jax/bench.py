@@ -1,0 +1,528 @@
+"""python -m fer_jax.bench [--models ...] [--batch-size 64] [--seconds S] [--torch/--no-torch] [--write-notes]
+
+Training speed per model: parameters, forward FLOPs per image (XLA's cost analysis),
+fer_jax's train and eval images/s with the project's own train and eval steps (the
+StepRunner the trainer uses, on a synthetic normalized batch), the train step's compile
+time, and the input pipeline's images/s. With PyTorch installed (the `bench` extra),
+the PyTorch copies of the models (benchmarks/) are timed in the same run, the two
+frameworks taking turns round after round, and the ratios fer_jax / PyTorch printed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import importlib.metadata
+import math
+import os
+import pathlib
+import platform
+import shlex
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from fer_jax.cli_common import quiet_tensorflow
+from fer_jax.errors import UserError, run_cli
+
+NOTES_START = "<!-- bench:start -->"
+NOTES_END = "<!-- bench:end -->"
+DEFAULT_NOTES = "BUILD_NOTES.md"
+# The clock is read (and the device synchronised) about this often while timing.
+_SYNC_INTERVAL_S = 0.1
+_MAX_STEPS_BETWEEN_SYNCS = 100
+# Steps run untimed before each measurement: caches refill after the other framework ran.
+_WARMUP_STEPS = 2
+
+
+# ------------------------------------------------------------------------------ timing
+
+def _no_block(_: Any) -> None:
+    return None
+
+
+def measure_images_per_s(step: Callable[[], Any], images_per_step: int, seconds: float, *,
+                         block: Callable[[Any], Any] = _no_block, warmup_steps: int = 1) -> float:
+    """Steady-state images/s of STEP after WARMUP_STEPS calls, over at least SECONDS.
+
+    Steps are dispatched in chunks and BLOCK waits on a chunk's outputs: an asynchronous
+    framework keeps its queue full as in a training loop, and the clock still only
+    counts finished work.
+    """
+    for _ in range(warmup_steps):
+        block(step())
+    start = time.perf_counter()
+    block(step())
+    one_step = time.perf_counter() - start
+    chunk = max(1, min(_MAX_STEPS_BETWEEN_SYNCS, int(_SYNC_INTERVAL_S / max(one_step, 1e-9))))
+    steps, elapsed = 0, 0.0
+    start = time.perf_counter()
+    while elapsed < seconds:
+        block([step() for _ in range(chunk)])
+        steps += chunk
+        elapsed = time.perf_counter() - start
+    return steps * images_per_step / elapsed
+
+
+# ---------------------------------------------------------------------------- fer_jax
+
+@dataclasses.dataclass
+class JaxSteps:
+    """fer_jax's train and eval steps of one model, compiled and ready to time."""
+
+    train_step: Callable[[], Any]
+    eval_step: Callable[[], Any]
+    params: int
+    flops_per_image: float
+    first_train_step_s: float
+    devices: str
+
+
+def bench_config(model: str, batch_size: int, compute_dtype: str):
+    """The base config with MODEL, BATCH_SIZE and COMPUTE_DTYPE: a plain run's settings."""
+    from fer_jax.config import base_config
+
+    config = base_config()
+    config.model = model
+    config.batch_size = batch_size
+    config.eval_batch_size = batch_size
+    config.compute_dtype = compute_dtype
+    return config
+
+
+def synthetic_batch(batch_size: int, seed: int = 0) -> dict:
+    """A host batch as the pipeline yields it: standard-normal images (already normalized)."""
+    import numpy as np
+
+    from fer_jax.data.types import IMAGE_SIZE, NUM_CLASSES
+
+    rng = np.random.default_rng(seed)
+    return {"image": rng.standard_normal((batch_size, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32),
+            "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
+            "mask": np.ones(batch_size, bool)}
+
+
+def forward_flops_per_image(model, variables, batch_size: int) -> float:
+    """XLA's count of the jitted eval forward's FLOPs, per image (NaN if XLA gives none)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.ShapeDtypeStruct((batch_size, 48, 48, 1), jnp.float32)
+    compiled = jax.jit(lambda v, images: model.apply(v, images, train=False)).lower(
+        variables, x).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) / batch_size if flops else math.nan
+
+
+def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "float32"
+                      ) -> JaxSteps:
+    """Builds the trainer's train step (optimizer, plateau scale, StepRunner) and eval step,
+    and runs each once: the first train call's time includes its compilation."""
+    import jax
+
+    from fer_jax.engine import optim
+    from fer_jax.engine.inference import build_model
+    from fer_jax.engine.parallel import DATA_AXIS, StepRunner
+    from fer_jax.engine.step import init_state, make_step_fns
+
+    config = bench_config(model_name, batch_size, compute_dtype)
+    model = build_model(config, bn_axis_name=DATA_AXIS)
+    tx = optim.make_optimizer(config)
+    plateau = optim.make_plateau(config)
+    state = init_state(config, model, tx, plateau)
+    params = sum(int(leaf.size) for leaf in jax.tree.leaves(state.params))
+    flops = forward_flops_per_image(build_model(config), state.variables, batch_size)
+
+    train_fn, eval_fn = make_step_fns(model.apply, tx, None, config.label_smoothing)
+    runner = StepRunner(train_fn, eval_fn, config.parallel)
+    rng = jax.random.PRNGKey(config.seed)
+    batch = synthetic_batch(batch_size, config.seed)
+    train_batch = {k: batch[k] for k in ("image", "label")}
+    holder = {"state": runner.to_devices(state)}
+
+    def train() -> Any:
+        # The state is donated to the next step, so only the metrics are handed out.
+        holder["state"], metrics = runner.train(holder["state"], train_batch, rng)
+        return metrics
+
+    def evaluate() -> Any:
+        return runner.eval(holder["state"], batch)
+
+    start = time.perf_counter()
+    jax.block_until_ready(train())
+    first_train_step_s = time.perf_counter() - start
+    jax.block_until_ready(evaluate())
+    devices = jax.devices()
+    return JaxSteps(train_step=train, eval_step=evaluate, params=params, flops_per_image=flops,
+                    first_train_step_s=first_train_step_s,
+                    devices=f"{len(devices)} x {devices[0].device_kind}")
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+def load_torch_bench():
+    """benchmarks.torch_bench, or None when PyTorch is not installed."""
+    try:
+        importlib.import_module("torch")
+    except ImportError:
+        return None
+    try:
+        return importlib.import_module("benchmarks.torch_bench")
+    except ModuleNotFoundError as err:
+        if err.name != "benchmarks":
+            raise
+    # Run from outside the checkout: benchmarks/ sits next to the fer_jax package.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "torch_bench.py").is_file():
+        raise UserError("the PyTorch comparison needs the repository's benchmarks/ folder; "
+                        "run from a checkout of fer_jax")
+    sys.path.insert(0, str(root))
+    return importlib.import_module("benchmarks.torch_bench")
+
+
+def torch_threads() -> int:
+    """The cores this process may use: XLA's CPU client sizes its pool from the same set,
+    so `taskset` limits both frameworks alike."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------- results
+
+@dataclasses.dataclass
+class ModelResult:
+    model: str
+    params: int
+    flops_per_image: float
+    compile_s: float
+    jax_train: float
+    jax_eval: float
+    torch_train: float | None = None
+    torch_eval: float | None = None
+    torch_train_setting: str | None = None
+    torch_eval_setting: str | None = None
+
+
+@dataclasses.dataclass
+class BenchRun:
+    results: list[ModelResult]
+    pipeline_images_per_s: float | None
+    batch_size: int
+    seconds: float
+    rounds: int
+    compute_dtype: str
+    devices: str
+    threads: int
+    torch_version: str | None
+    torch_skipped_because: str | None = None
+
+
+def bench_model(name: str, batch_size: int, seconds: float, rounds: int, compute_dtype: str,
+                torch_bench, threads: int) -> tuple[ModelResult, str]:
+    """Times one model; with TORCH_BENCH the frameworks alternate within every round
+    (fer_jax train, PyTorch train, fer_jax eval, PyTorch eval; who goes first swaps each
+    round) so that drifts in the machine's speed hit both."""
+    import jax
+
+    jax_steps = prepare_jax_steps(name, batch_size, compute_dtype)
+
+    def timer(step: Callable[[], Any], block: Callable[[Any], Any] = _no_block) -> Callable[[], float]:
+        return lambda: measure_images_per_s(step, batch_size, seconds, block=block,
+                                            warmup_steps=_WARMUP_STEPS)
+
+    # kind -> [(key, timer)], fer_jax first; PyTorch's settings each get a key.
+    groups: dict[str, list[tuple[str, Callable[[], float]]]] = {
+        "train": [("jax train", timer(jax_steps.train_step, jax.block_until_ready))],
+        "eval": [("jax eval", timer(jax_steps.eval_step, jax.block_until_ready))],
+    }
+    torch_keys: dict[str, list[tuple[str, Any]]] = {"train": [], "eval": []}
+    if torch_bench is not None:
+        torch_bench.set_threads(threads)
+        makers = {"train": torch_bench.make_train_step, "eval": torch_bench.make_eval_step}
+        for kind, make in makers.items():
+            for setting in torch_bench.BEST_SETTINGS:
+                key = f"torch {kind} {setting.label}"
+                groups[kind].append((key, timer(make(name, batch_size, setting))))
+                torch_keys[kind].append((key, setting))
+
+    rates: dict[str, list[float]] = {key: [] for group in groups.values() for key, _ in group}
+    for round_index in range(rounds):
+        for group in groups.values():
+            for key, measure in (group if round_index % 2 == 0 else reversed(group)):
+                rates[key].append(measure())
+    median = {key: statistics.median(values) for key, values in rates.items()}
+
+    steady_step_s = batch_size / median["jax train"]
+    result = ModelResult(model=name, params=jax_steps.params,
+                         flops_per_image=jax_steps.flops_per_image,
+                         compile_s=max(jax_steps.first_train_step_s - steady_step_s, 0.0),
+                         jax_train=median["jax train"], jax_eval=median["jax eval"])
+    for kind in ("train", "eval"):
+        if torch_keys[kind]:
+            key, setting = max(torch_keys[kind], key=lambda item: median[item[0]])
+            setattr(result, f"torch_{kind}", median[key])
+            setattr(result, f"torch_{kind}_setting", setting.label)
+    return result, jax_steps.devices
+
+
+def measure_pipeline(batch_size: int, num_images: int, seconds: float) -> float:
+    """Steady images/s of the training input pipeline (full augmentation, balanced)."""
+    from fer_jax.data import pipeline
+
+    return pipeline.measure_throughput(num_images=num_images, global_batch_size=batch_size,
+                                       seconds=seconds)["steady_images_per_s"]
+
+
+# ------------------------------------------------------------------------------ table
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def _ratio(a: float, b: float | None) -> str:
+    return "—" if b is None or b <= 0 else f"{a / b:.2f}"
+
+
+def _mflops(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value / 1e6:,.1f}"
+
+
+def table_columns(with_torch: bool) -> list[str]:
+    columns = ["model", "params", "fwd MFLOP/img", "compile s", "fer_jax train img/s"]
+    if with_torch:
+        columns += ["PyTorch train img/s", "train ratio"]
+    columns += ["fer_jax eval img/s"]
+    if with_torch:
+        columns += ["PyTorch eval img/s", "eval ratio", "PyTorch mode (train/eval)"]
+    return columns
+
+
+def format_table(results: Sequence[ModelResult], with_torch: bool) -> str:
+    """A markdown table, one row per model; ratios are fer_jax / PyTorch (above 1: fer_jax faster)."""
+    columns = table_columns(with_torch)
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if c == "model" or c.startswith("PyTorch mode") else "---:"
+                            for c in columns) + "|"]
+    for r in results:
+        cells = [r.model, f"{r.params:,}", _mflops(r.flops_per_image), f"{r.compile_s:.1f}",
+                 _rate(r.jax_train)]
+        if with_torch:
+            cells += [_rate(r.torch_train), _ratio(r.jax_train, r.torch_train)]
+        cells += [_rate(r.jax_eval)]
+        if with_torch:
+            cells += [_rate(r.torch_eval), _ratio(r.jax_eval, r.torch_eval),
+                      f"{r.torch_train_setting or '—'} / {r.torch_eval_setting or '—'}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_lines(run: BenchRun) -> list[str]:
+    lines = [f"fer_jax ({run.compute_dtype}) on {run.devices}; batch {run.batch_size}; "
+             f"median of {run.rounds} round(s) of {run.seconds:g} s per measurement."]
+    if run.torch_version:
+        lines.append(f"PyTorch {run.torch_version} on the CPU with {run.threads} threads, "
+                     "channels_last, fused AdamW; fp32 and bf16 autocast both timed, the "
+                     "faster shown. Ratios are fer_jax / PyTorch.")
+    elif run.torch_skipped_because:
+        lines.append(f"PyTorch not timed: {run.torch_skipped_because}.")
+    if run.pipeline_images_per_s is not None:
+        lines.append(f"Input pipeline (tf.data, full augmentation, balanced sampling): "
+                     f"{run.pipeline_images_per_s:,.0f} images/s.")
+    lines.append("compile s: the first train step's time less a steady step's.")
+    return lines
+
+
+def format_report(run: BenchRun) -> str:
+    body = "\n".join(summary_lines(run))
+    return f"{body}\n\n{format_table(run.results, run.torch_version is not None)}\n"
+
+
+# ------------------------------------------------------------------------------ notes
+
+def cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> str:
+    """The versions that decide the speed, installed ones whether or not PyTorch was timed."""
+    parts = [f"{name} {installed_version(name) or 'not installed'}"
+             for name in ("jax", "jaxlib", "flax", "optax", "torch")]
+    return ", ".join(parts + [f"Python {platform.python_version()}"])
+
+
+def notes_section(run: BenchRun, command: str, now: datetime.datetime) -> str:
+    """The BUILD_NOTES.md section between the markers: how, when, where, and the results."""
+    return "\n".join([
+        NOTES_START,
+        "## Training speed (`python -m fer_jax.bench`)",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {now.strftime('%Y-%m-%d %H:%M %Z').strip()}",
+        f"- Machine: {cpu_model()}, {os.cpu_count()} cores ({run.threads} available to this "
+        f"process); fer_jax devices: {run.devices}",
+        f"- Versions: {versions()}",
+        "",
+        format_report(run).rstrip("\n"),
+        NOTES_END,
+    ])
+
+
+def replace_notes_section(text: str, section: str) -> str:
+    """TEXT with the marked section replaced by SECTION, or SECTION appended if unmarked."""
+    starts, ends = text.count(NOTES_START), text.count(NOTES_END)
+    if starts == 0 and ends == 0:
+        if not text or text.endswith("\n\n"):
+            separator = ""
+        else:
+            separator = "\n" if text.endswith("\n") else "\n\n"
+        return f"{text}{separator}{section}\n"
+    start, end = text.find(NOTES_START), text.find(NOTES_END)
+    if starts != 1 or ends != 1 or end < start:
+        raise UserError(f"expected one {NOTES_START} followed by one {NOTES_END}; found "
+                        f"{starts} and {ends}: fix the markers by hand")
+    return text[:start] + section + text[end + len(NOTES_END):]
+
+
+def write_notes(path: pathlib.Path, section: str) -> None:
+    text = path.read_text() if path.exists() else ""
+    path.write_text(replace_notes_section(text, section))
+
+
+# ------------------------------------------------------------------------- command line
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from fer_jax.models import MODEL_NAMES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fer_jax.bench",
+        description="Training and evaluation speed of the models, with fer_jax's own steps, "
+                    "against their PyTorch copies when PyTorch is installed.")
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), metavar="NAME",
+                        help=f"models to time (default: all): {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--batch-size", type=_positive(int), default=64)
+    parser.add_argument("--seconds", type=_positive(float), default=2.0,
+                        help="timed seconds per measurement and round (default 2)")
+    parser.add_argument("--rounds", type=_positive(int), default=3,
+                        help="rounds of alternating measurements; the median is reported (default 3)")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="fer_jax's compute dtype (the config's compute_dtype)")
+    parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
+                        help="time the PyTorch copies too (default: when PyTorch is installed)")
+    parser.add_argument("--pipeline-images", type=int, default=28_709,
+                        help="images per epoch for the input-pipeline measurement; 0 skips it")
+    parser.add_argument("--write-notes", action="store_true",
+                        help=f"replace the marked section of {DEFAULT_NOTES} with the results")
+    parser.add_argument("--notes-file", type=pathlib.Path, default=pathlib.Path(DEFAULT_NOTES),
+                        help=f"file --write-notes edits (default: ./{DEFAULT_NOTES})")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.models if m not in MODEL_NAMES]
+    if unknown:
+        raise UserError(f"unknown model(s) {', '.join(unknown)}; valid names: {', '.join(MODEL_NAMES)}")
+    if args.pipeline_images < 0:
+        raise UserError(f"--pipeline-images must be >= 0, got {args.pipeline_images}")
+    return args
+
+
+def resolve_torch(wanted: bool | None):
+    """(torch_bench module or None, why PyTorch is not timed or None)."""
+    import jax
+
+    if wanted is False:
+        return None, "--no-torch"
+    torch_bench = load_torch_bench()
+    if torch_bench is None:
+        if wanted:
+            raise UserError("--torch: PyTorch is not installed (pip install 'fer_jax[bench]')")
+        return None, "PyTorch is not installed"
+    if jax.default_backend() != "cpu":
+        # The PyTorch build of the bench extra is the CPU one: a ratio would compare machines.
+        if wanted:
+            raise UserError(f"--torch: fer_jax runs on {jax.default_backend()}, the PyTorch "
+                            "comparison is CPU-only; run with JAX_PLATFORMS=cpu")
+        return None, f"fer_jax runs on {jax.default_backend()}; the comparison is CPU-only"
+    return torch_bench, None
+
+
+def run_bench(models: Sequence[str], *, batch_size: int, seconds: float, rounds: int,
+              compute_dtype: str, torch_bench, pipeline_images: int,
+              torch_skipped_because: str | None = None, progress=print) -> BenchRun:
+    import jax
+
+    if batch_size % jax.device_count():
+        raise UserError(f"--batch-size {batch_size} must be divisible by the "
+                        f"{jax.device_count()} devices")
+    threads = torch_threads()
+    pipeline_rate = None
+    if pipeline_images:
+        if pipeline_images < batch_size:
+            raise UserError(f"--pipeline-images {pipeline_images} is less than one batch "
+                            f"of {batch_size}")
+        progress("timing the input pipeline ...")
+        pipeline_rate = measure_pipeline(batch_size, pipeline_images, seconds)
+    results, devices = [], ""
+    for name in models:
+        progress(f"timing {name} ...")
+        result, devices = bench_model(name, batch_size, seconds, rounds, compute_dtype,
+                                      torch_bench, threads)
+        results.append(result)
+    torch_version = None
+    if torch_bench is not None:
+        torch_version = importlib.import_module("torch").__version__
+    return BenchRun(results=results, pipeline_images_per_s=pipeline_rate, batch_size=batch_size,
+                    seconds=seconds, rounds=rounds, compute_dtype=compute_dtype, devices=devices,
+                    threads=threads, torch_version=torch_version,
+                    torch_skipped_because=torch_skipped_because)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    quiet_tensorflow()
+    torch_bench, skipped = resolve_torch(args.torch)
+    run = run_bench(args.models, batch_size=args.batch_size, seconds=args.seconds,
+                    rounds=args.rounds, compute_dtype=args.compute_dtype, torch_bench=torch_bench,
+                    pipeline_images=args.pipeline_images, torch_skipped_because=skipped,
+                    progress=lambda message: print(message, file=sys.stderr, flush=True))
+    print(format_report(run), end="")
+    if args.write_notes:
+        command = "python -m fer_jax.bench" + ("" if not argv else " " + shlex.join(argv))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        write_notes(args.notes_file, notes_section(run, command, now))
+        print(f"wrote the results to {args.notes_file}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,283 @@
+"""The speed benchmark: PyTorch copies of the models (same parameters, same function),
+the timing loop, the table, the BUILD_NOTES.md section and a smoke run of the command.
+
+PyTorch is optional (the `bench` extra): its tests skip when it is not installed.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib
+import math
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fer_jax import bench
+from fer_jax.errors import UserError
+from fer_jax.models import MODEL_NAMES, get_model
+
+NUM_CLASSES = 7
+# Every block type: biased convs and flatten (v1), conv+BN (v2), ConvBNReLU, Dropout2d and
+# the BN'd Dense (deep_cnn_v2), CBAM, BasicBlocks with projections (resnet18). The rest are
+# the same blocks, more of them.
+EQUIVALENCE_FAST = ("simple_cnn_v1", "simple_cnn_v2", "deep_cnn_v2", "cbam_cnn", "resnet18")
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def torch_bench(torch):
+    return bench.load_torch_bench()
+
+
+@pytest.fixture(scope="module")
+def torch_models(torch_bench):
+    return importlib.import_module("benchmarks.torch_models")
+
+
+def flax_shapes(name: str) -> dict:
+    """The model's variables as shapes (no compilation)."""
+    model = get_model(name)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)),
+                                             train=False))
+
+
+def size(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+# --------------------------------------------------------------------- PyTorch models
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_torch_copy_has_the_flax_models_parameter_and_statistics_counts(name, torch_models):
+    shapes = flax_shapes(name)
+    model = torch_models.build_torch_model(name)
+    assert torch_models.count_parameters(model) == size(shapes["params"])
+    running = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+    assert running == size(shapes.get("batch_stats", {}))
+
+
+def test_torch_registry_has_every_flax_model(torch_models):
+    assert torch_models.TORCH_MODEL_NAMES == MODEL_NAMES
+    with pytest.raises(UserError, match="no PyTorch copy of model 'nope'"):
+        torch_models.build_torch_model("nope")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_torch_copy_output_shape_and_dtype(name, torch, torch_models):
+    model = torch_models.build_torch_model(name).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 1, 48, 48).contiguous(memory_format=torch.channels_last)
+    for mode in (model.train, model.eval):
+        mode()
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == (3, NUM_CLASSES) and out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+
+
+def _random_variables(name: str) -> tuple[object, dict]:
+    """Initialised Flax variables with non-trivial BatchNorm statistics."""
+    model = get_model(name)
+    variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 48, 48, 1)), train=False))(
+        jax.random.key(0, impl="rbg"))
+    rng = np.random.default_rng(1)
+
+    def statistic(path, leaf):
+        if path[-1].key == "mean":
+            return 0.1 * rng.standard_normal(leaf.shape).astype(np.float32)
+        return (0.5 + rng.random(leaf.shape)).astype(np.float32)
+
+    stats = jax.tree_util.tree_map_with_path(statistic, variables.get("batch_stats", {}))
+    return model, {"params": variables["params"], "batch_stats": stats}
+
+
+@pytest.mark.parametrize("name", [
+    *EQUIVALENCE_FAST,
+    *(pytest.param(n, marks=pytest.mark.slow) for n in MODEL_NAMES if n not in EQUIVALENCE_FAST)])
+def test_torch_copy_computes_the_flax_models_function(name, torch, torch_models):
+    model, variables = _random_variables(name)
+    x = np.random.default_rng(2).standard_normal((4, 48, 48, 1)).astype(np.float32)
+    expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+    copy = torch_models.build_torch_model(name).eval()
+    torch_models.load_flax_variables(copy, variables)
+    with torch.no_grad():
+        got = copy(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
+    assert np.abs(expected).max() > 1e-3  # a dead network would match anything
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_loading_another_architectures_variables_fails(torch_models):
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), flax_shapes("simple_cnn_v2"))
+    with pytest.raises((KeyError, ValueError)):
+        torch_models.load_flax_variables(torch_models.build_torch_model("simple_cnn_v1"), zeros)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), flax_shapes("deep_cnn_v2"))
+    with pytest.raises((KeyError, ValueError)):  # same layer names, other widths
+        torch_models.load_flax_variables(torch_models.build_torch_model("deep_cnn_v1"), zeros)
+
+
+# ------------------------------------------------------------------------ PyTorch steps
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_torch_train_step_fits_its_batch(bf16, torch, torch_bench):
+    setting = torch_bench.TorchSetting(bf16=bf16)
+    step = torch_bench.make_train_step("cbam_cnn", 8, setting, learning_rate=3e-3)
+    losses = [float(step()) for _ in range(8)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_torch_eval_step_sums_the_loss_and_counts_correct(torch, torch_bench):
+    step = torch_bench.make_eval_step("cbam_cnn", 8, torch_bench.TorchSetting())
+    loss_sum, correct = step().tolist()
+    assert loss_sum > 8 * 0.5 and 0 <= correct <= 8 and correct == int(correct)
+    np.testing.assert_allclose(step().tolist(), [loss_sum, correct], rtol=1e-6)  # no state change
+
+
+def test_torch_adamw_is_fused_where_available(torch, torch_bench):
+    params = [torch.nn.Parameter(torch.ones(3))]
+    optimizer = torch_bench.make_adamw(params, 1e-3, 0.0)
+    assert optimizer.defaults["fused"] or optimizer.defaults["foreach"]
+    assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["weight_decay"] == 0.0
+
+
+def test_torch_best_of_picks_the_higher_median(torch_bench):
+    fp32, bf16 = torch_bench.BEST_SETTINGS
+    best, rate = torch_bench.best_of({fp32: [100.0, 300.0, 200.0], bf16: [150.0, 1000.0, 180.0]})
+    assert (best, rate) == (fp32, 200.0)
+
+
+# ------------------------------------------------------------------------------ timing
+
+def test_measure_images_per_s_counts_finished_steps_over_the_window():
+    blocked = []
+
+    def step():
+        time.sleep(0.01)
+        return "out"
+
+    start = time.perf_counter()
+    rate = bench.measure_images_per_s(step, 10, 0.2, block=blocked.append, warmup_steps=2)
+    elapsed = time.perf_counter() - start
+    assert elapsed >= 0.2
+    assert 100 < rate <= 1000  # at most 10 images per 10 ms sleep
+    assert blocked[:3] == ["out", "out", "out"]  # warm-up and sizing steps are waited on
+    assert all(isinstance(b, list) and b and set(b) == {"out"} for b in blocked[3:])
+
+
+# ------------------------------------------------------------------------------- table
+
+def _result(**overrides) -> bench.ModelResult:
+    values = dict(model="resnet18", params=11_171_271, flops_per_image=1.2345e9, compile_s=12.34,
+                  jax_train=300.0, jax_eval=1200.0, torch_train=150.0, torch_eval=1600.0,
+                  torch_train_setting="fp32", torch_eval_setting="bf16")
+    values.update(overrides)
+    return bench.ModelResult(**values)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_table_with_pytorch_columns_and_ratios():
+    lines = bench.format_table([_result()], with_torch=True).splitlines()
+    assert _cells(lines[0]) == [
+        "model", "params", "fwd MFLOP/img", "compile s", "fer_jax train img/s",
+        "PyTorch train img/s", "train ratio", "fer_jax eval img/s", "PyTorch eval img/s",
+        "eval ratio", "PyTorch mode (train/eval)"]
+    assert _cells(lines[2]) == ["resnet18", "11,171,271", "1,234.5", "12.3", "300", "150", "2.00",
+                                "1,200", "1,600", "0.75", "fp32 / bf16"]
+
+
+def test_table_without_pytorch_has_only_fer_jax_columns():
+    lines = bench.format_table([_result(torch_train=None, torch_eval=None,
+                                        flops_per_image=math.nan)], with_torch=False).splitlines()
+    assert _cells(lines[0]) == ["model", "params", "fwd MFLOP/img", "compile s",
+                                "fer_jax train img/s", "fer_jax eval img/s"]
+    assert _cells(lines[2]) == ["resnet18", "11,171,271", "—", "12.3", "300", "1,200"]
+
+
+# ------------------------------------------------------------------------------- notes
+
+SECTION = f"{bench.NOTES_START}\nresults\n{bench.NOTES_END}"
+
+
+def test_notes_section_is_appended_when_unmarked_and_replaced_when_marked():
+    text = "# Build notes\n\nkept\n"
+    once = bench.replace_notes_section(text, SECTION)
+    assert once == f"# Build notes\n\nkept\n\n{SECTION}\n"
+    new = SECTION.replace("results", "new results")
+    twice = bench.replace_notes_section(once + "after\n", new)
+    assert twice == f"# Build notes\n\nkept\n\n{new}\nafter\n"
+    assert bench.replace_notes_section("", SECTION) == SECTION + "\n"
+
+
+@pytest.mark.parametrize("text", [f"{bench.NOTES_START}\nno end\n",
+                                  f"{bench.NOTES_END}\n{bench.NOTES_START}\n",
+                                  f"{SECTION}\n{SECTION}\n"])
+def test_broken_notes_markers_are_refused(text):
+    with pytest.raises(UserError, match="fix the markers"):
+        bench.replace_notes_section(text, SECTION)
+
+
+def test_notes_section_records_command_date_machine_and_results(tmp_path):
+    run = bench.BenchRun(results=[_result()], pipeline_images_per_s=4321.0, batch_size=64,
+                         seconds=2.0, rounds=3, compute_dtype="float32", devices="1 x cpu",
+                         threads=2, torch_version="2.13.0+cpu")
+    when = datetime.datetime(2025, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)
+    section = bench.notes_section(run, "python -m fer_jax.bench --write-notes", when)
+    path = tmp_path / "BUILD_NOTES.md"
+    bench.write_notes(path, section)
+    text = path.read_text()
+    assert text.startswith(bench.NOTES_START) and text.rstrip().endswith(bench.NOTES_END)
+    assert "- Command: `python -m fer_jax.bench --write-notes`" in text
+    assert "- Date: 2025-03-04 05:06 UTC" in text
+    assert bench.cpu_model() in text and f"jax {jax.__version__}" in text
+    assert f"torch {bench.installed_version('torch') or 'not installed'}" in text
+    assert "PyTorch 2.13.0+cpu on the CPU with 2 threads" in text
+    assert "4,321 images/s" in text and "| resnet18 | 11,171,271 |" in text
+
+
+# ------------------------------------------------------------------------ command line
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="unknown model.*nope"):
+        bench.main(["--models", "nope"])
+
+
+def test_asking_for_pytorch_without_it_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(bench, "load_torch_bench", lambda: None)
+    with pytest.raises(UserError, match="PyTorch is not installed"):
+        bench.resolve_torch(True)
+    assert bench.resolve_torch(None) == (None, "PyTorch is not installed")
+    assert bench.resolve_torch(False) == (None, "--no-torch")
+
+
+def test_smoke_run_prints_the_table(capsys):
+    """Both frameworks' columns with PyTorch installed, fer_jax's alone without it."""
+    with_torch = bench.load_torch_bench() is not None
+    status = bench.main(["--models", "simple_cnn_v1", "--batch-size", "8", "--seconds", "0.05",
+                         "--rounds", "1", "--pipeline-images", "64"])
+    assert status == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(lines) == 3
+    assert _cells(lines[0]) == bench.table_columns(with_torch)
+    row = dict(zip(_cells(lines[0]), _cells(lines[2])))
+    assert row["model"] == "simple_cnn_v1" and row["params"] == "1,232,775"
+    numeric = ["fwd MFLOP/img", "fer_jax train img/s", "fer_jax eval img/s"]
+    if with_torch:
+        numeric += ["PyTorch train img/s", "train ratio", "PyTorch eval img/s", "eval ratio"]
+        assert re.fullmatch(r"(fp32|bf16) / (fp32|bf16)", row["PyTorch mode (train/eval)"])
+    else:
+        assert "PyTorch not timed: PyTorch is not installed" in out
+    for column in numeric:
+        assert float(row[column].replace(",", "")) > 0, column
+    assert float(row["compile s"]) >= 0
+    assert re.search(r"Input pipeline .*: [\d,]+ images/s", out)
