@@ -39,7 +39,7 @@ _NEUTRAL = CLASS_NAMES.index("neutral")
 # 24 pixels at scale 1). Per parameter: the class means in CLASS_NAMES order
 # (angry, disgust, fear, happy, sad, surprise, neutral), then the per-sample jitter.
 EXPRESSION_TABLE: dict[str, tuple[tuple[float, ...], float]] = {
-    "eye_open":       ((0.032, 0.030, 0.100, 0.028, 0.045, 0.110, 0.055), 0.010),
+    "eye_open":       ((0.030, 0.028, 0.105, 0.026, 0.042, 0.115, 0.052), 0.010),
     "brow_gap":       ((0.070, 0.110, 0.190, 0.150, 0.150, 0.240, 0.150), 0.015),
     "brow_tilt":      ((0.110, 0.030, -0.060, 0.000, -0.080, 0.000, 0.000), 0.015),
     "brow_arch":      ((0.000, 0.010, 0.000, 0.030, 0.010, 0.070, 0.025), 0.012),
@@ -58,7 +58,7 @@ _EXPRESSION_FLOOR = {"eye_open": 0.012, "mouth_width": 0.08, "mouth_upper": 0.0,
                      "mouth_lower": 0.0, "lip_raise": 0.0}
 _STRENGTHS = ("teeth", "nose_wrinkle", "smile_folds", "forehead_lines")
 # How far a non-neutral face goes from neutral towards its class mean.
-INTENSITY_RANGE = (0.7, 1.3)
+INTENSITY_RANGE = (0.75, 1.3)
 
 OCCLUDER_PROBABILITIES = {"bar": 0.15, "hand": 0.12, "glasses": 0.15}
 
@@ -128,8 +128,8 @@ def sample_face_params(labels: np.ndarray, rng: np.random.Generator) -> dict[str
     params["eye_w"] = rng.uniform(0.10, 0.13, n)
     params["nose_y"] = params["eye_y"] + rng.uniform(0.30, 0.38, n)
     params["mouth_y"] = params["eye_y"] + rng.uniform(0.58, 0.70, n)
-    params["brow_thick"] = rng.uniform(0.025, 0.045, n)
-    params["brow_dark"] = rng.uniform(0.35, 0.75, n)
+    params["brow_thick"] = rng.uniform(0.030, 0.045, n)
+    params["brow_dark"] = rng.uniform(0.30, 0.65, n)
     params["skin"] = rng.uniform(110, 200, n)
     params["background"] = rng.uniform(0, 255, n)
     params["hair"] = np.where(rng.random(n) < 0.8, rng.uniform(10, 80, n), rng.uniform(120, 220, n))
@@ -146,8 +146,8 @@ def sample_face_params(labels: np.ndarray, rng: np.random.Generator) -> dict[str
     direction = rng.uniform(0, 2 * np.pi, n)
     params["gradient_x"] = gradient * np.cos(direction)
     params["gradient_y"] = gradient * np.sin(direction)
-    params["blur_px"] = rng.uniform(0.8, 1.8, n)
-    params["noise"] = rng.uniform(1.0, 8.0, n)
+    params["blur_px"] = rng.uniform(0.7, 1.5, n)
+    params["noise"] = rng.uniform(1.0, 6.0, n)
 
     # Occluders: each drawn or not per face. Geometry is drawn for every face so that the
     # random stream, hence every other face, does not depend on who wears one.

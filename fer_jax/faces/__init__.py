@@ -1,0 +1,7 @@
+"""Faces in ordinary photos and videos: reading inputs, finding faces, framing them as FER2013 does.
+
+- `io`: paths to image and video files, decoded frames, one clear error per bad file;
+- `detect`: MTCNN (from the `mtcnn` package, on TensorFlow's CPU) to boxes and eye landmarks;
+- `align`: a detected face to the 48 x 48 grayscale crop the models were trained on;
+- `annotate`: boxes and labels drawn on the input image.
+"""
