@@ -97,3 +97,21 @@ def test_train_command_on_two_hosts_matches_one_host(fer_sample_path, tmp_path):
                                single_summary["history"][-1]["val_loss"], rtol=1e-4)
     assert multi_summary["history"][-1]["val_accuracy"] == single_summary["history"][-1]["val_accuracy"]
     assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints" / "latest").iterdir()) == ["5", "8"]
+
+
+def test_a_checkpoint_resumes_and_evaluates_on_another_device_count(fer_sample_path, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+    first = subprocess.run(_train_command(tmp_path, fer_sample_path, ["--set", "max_train_steps=4"]),
+                           env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+                           capture_output=True, text=True, timeout=400)
+    assert first.returncode == 0, first.stderr[-3000:]
+    four = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    second = subprocess.run(_train_command(tmp_path, fer_sample_path), env=four, capture_output=True,
+                            text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from step 4" in second.stderr
+    evaluated = subprocess.run([sys.executable, "-m", "fer_jax.evaluate", "--checkpoint", str(tmp_path),
+                                "--data", str(fer_sample_path)], env=four, capture_output=True, text=True,
+                               timeout=400)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert evaluated.stdout.startswith("accuracy: ")

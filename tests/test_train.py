@@ -183,3 +183,34 @@ def test_wandb_offline_run_records_config_metrics_tables_and_artifact(prepared, 
         assert expected in record, expected
     tables = {os.path.basename(p).split("_3_")[0] for p in glob.glob(os.path.join(runs[0], "files", "media", "table", "*.json"))}
     assert {"sample_predictions", "confusion_matrix_table"} <= tables
+
+
+def test_a_workdir_of_another_run_is_refused_not_overwritten(prepared, tmp_path):
+    train_and_evaluate(small_config(max_train_steps=1), tmp_path, prepared=prepared, progress=False)
+    other = small_config(max_train_steps=2)
+    other.model = "simple_cnn_v1"
+    from fer_jax.errors import UserError
+    with pytest.raises(UserError, match="different config .*model"):
+        train_and_evaluate(other, tmp_path, prepared=prepared, progress=False)
+
+
+def test_a_damaged_checkpoint_gets_a_clear_error(prepared, tmp_path):
+    train_and_evaluate(small_config(max_train_steps=1), tmp_path, prepared=prepared, progress=False)
+    for path in (tmp_path / "checkpoints" / "latest" / "1" / "variables").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"garbage")
+    from fer_jax.errors import UserError
+    with pytest.raises(UserError, match="cannot resume from this checkpoint"):
+        train_and_evaluate(small_config(max_train_steps=2), tmp_path, prepared=prepared, progress=False)
+
+
+def test_a_few_hundred_steps_on_real_data_learn_more_than_the_majority_class(prepared, tmp_path):
+    """CI's real training: simple_cnn_v1 on the shared sample, a few hundred steps."""
+    config = config_lib.load_experiment("simple_cnn_v1")
+    config.update({"batch_size": 32, "epochs": 100, "max_train_steps": 300, "early_stopping_patience": 0})
+    config.wandb.mode = "disabled"
+    summary = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    assert summary["steps"] == 300
+    validation = prepared.splits.validation
+    majority = np.bincount(validation.labels).max() / len(validation)
+    assert summary["best_val_accuracy"] > majority + 0.05, (summary["best_val_accuracy"], majority)

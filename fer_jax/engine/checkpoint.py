@@ -71,13 +71,22 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    def latest_meta(self) -> dict:
+        """The newest resumable checkpoint's metadata alone (checked before any array)."""
+        return read_meta(self.latest.directory / str(self.latest.latest_step()))
+
     def restore_latest(self, variables_target, train_target) -> tuple[Any, Any, dict]:
         """Restores the newest resumable checkpoint onto the targets' structure."""
         step = self.latest.latest_step()
-        restored = self.latest.restore(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(variables_target),
-            train=ocp.args.StandardRestore(train_target),
-            meta=ocp.args.JsonRestore()))
+        try:
+            restored = self.latest.restore(step, args=ocp.args.Composite(
+                variables=ocp.args.StandardRestore(variables_target),
+                train=ocp.args.StandardRestore(train_target),
+                meta=ocp.args.JsonRestore()))
+        except Exception as err:  # Orbax raises many types for damaged or foreign folders.
+            raise UserError(f"{self.latest.directory / str(step)}: cannot resume from this checkpoint "
+                            f"({type(err).__name__}: {err}); it is damaged or from another model: "
+                            "delete it or use another --workdir") from None
         return restored["variables"], restored["train"], dict(restored["meta"])
 
     def wait(self) -> None:

@@ -159,8 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             "train_seconds": 0.0}
     checkpoints = RunCheckpoints(workdir, keep_latest=config.checkpoint.keep_latest)
     if checkpoints.latest_step() is not None:
-        variables_t, train_t = _split_state(state)
-        variables, train, saved = checkpoints.restore_latest(variables_t, train_t)
+        saved = checkpoints.latest_meta()
         if saved.get("data", {}).get("fingerprint") != prepared.identity["fingerprint"]:
             raise UserError(f"{workdir}: holds a run on other data ({saved.get('data')}); "
                             "use another --workdir")
@@ -169,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                              if k not in RESUMABLE_CHANGES and saved["config"].get(k) != config_dict.get(k))
             raise UserError(f"{workdir}: holds a run with a different config (keys {', '.join(changed)}); "
                             "use another --workdir or the same settings")
+        variables, train, saved = checkpoints.restore_latest(*_split_state(state))
         state = _join_state(variables, train)
         meta.update({k: v for k, v in saved.items() if k not in ("config",)})
         meta["config"] = config_dict

@@ -34,12 +34,14 @@ VIDEO = "video"
 class InputFile:
     """One file to predict on.
 
-    path: where it is read from; name: how outputs refer to it (the path as the user
-    gave it, or below the folder they gave); kind: IMAGE or VIDEO.
+    path: where it is read from; name: how messages and JSON name it (the path as the
+    user gave it, or joined to the folder they gave); relative: its name under an output
+    folder (the file name, or the folder's name and the path inside it); kind: IMAGE or VIDEO.
     """
 
     path: pathlib.Path
     name: str
+    relative: str
     kind: str
 
 
@@ -86,7 +88,7 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> Expansion:
                 notes.append(f"{given}: skipped {len(skipped)} file(s) that are not images or videos: "
                              f"{shown}{more}")
         elif path.exists():
-            files.append(InputFile(path, str(given), kind_of(path)))
+            files.append(InputFile(path, str(given), path.name, kind_of(path)))
         else:
             problems.append(DataError(given, "no such file or folder"))
     return Expansion(files, problems, notes)
@@ -94,13 +96,15 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> Expansion:
 
 def _folder_files(folder: pathlib.Path, given: str) -> tuple[list[InputFile], list[pathlib.Path]]:
     found, skipped = [], []
+    folder_name = folder.resolve().name or "root"
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue  # hidden files (.DS_Store, .git) are not the user's pictures
         suffix = path.suffix.lower()
         if suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS:
-            found.append(InputFile(path, os.path.join(given, str(relative)), kind_of(path)))
+            found.append(InputFile(path, os.path.join(given, str(relative)),
+                                   os.path.join(folder_name, str(relative)), kind_of(path)))
         else:
             skipped.append(path)
     return found, skipped
@@ -118,6 +122,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             upright = ImageOps.exif_transpose(image)
             return np.asarray(upright.convert("RGB"))
     except UnidentifiedImageError:
+        if pathlib.Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+            raise DataError(path, "not a readable image: unknown format or damaged header") from None
         raise DataError(path, "not an image that Pillow can read (videos are recognised by "
                               f"extension: {' '.join(sorted(VIDEO_EXTENSIONS))})") from None
     except Image.DecompressionBombError as err:

@@ -17,6 +17,7 @@ import pathlib
 from typing import Any, Iterable, Mapping
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,9 +162,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str, *,
     problems = []
     missing, unexpected = sorted(required - present), sorted(present - required)
     if missing:
-        problems.append(f"missing keys: {_some(missing)}")
+        problems.append(f"missing keys: {abbreviate(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_some(unexpected)}")
+        problems.append(f"unexpected keys: {abbreviate(unexpected)}")
     if problems:
         guess = guess_architecture(state_dict)
         hint = (f"the file holds {guess} weights: use --arch {guess} (or model {guess})"
@@ -191,9 +192,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str, *,
             variables[collection][path] = _to_flax(layer.kind, suffix, values,
                                                    shapes[collection][path])
     if bad_shapes:
-        problems.append(f"shapes differ: {_some(bad_shapes)}")
+        problems.append(f"shapes differ: {abbreviate(bad_shapes)}")
     if bad_values:
-        problems.append(f"not finite floating-point values: {_some(bad_values)}")
+        problems.append(f"not finite floating-point values: {abbreviate(bad_values)}")
     if problems:
         raise DataError(source, f"not usable as {arch} weights; " + "; ".join(problems))
     return {collection: _unflatten(tree) for collection, tree in variables.items()}
@@ -342,26 +343,20 @@ def _sha256(path: str | os.PathLike) -> str:
 
 # ------------------------------------------------------------------------------ trees
 
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, prefix + (key,)))
-        else:
-            flat[prefix + (key,)] = value
-    return flat
+def _flatten(tree: Mapping) -> dict[tuple[str, ...], Any]:
+    return traverse_util.flatten_dict(dict(tree)) if tree else {}
 
 
 def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
+    return traverse_util.unflatten_dict(dict(flat))
 
 
-def _some(items: list[str], limit: int = 8) -> str:
+def num_values(variables: Mapping[str, Any]) -> int:
+    """How many numbers the variables hold."""
+    return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(dict(variables)))
+
+
+def abbreviate(items: list[str], limit: int = 8) -> str:
+    """The first LIMIT items, comma-separated, and how many more there are."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -1,0 +1,250 @@
+"""python -m fer_jax.predict PATH... [--checkpoint DIR] [--out DIR] [--json] [--no-detect] [--every N] [--tta]
+
+Finds the faces in photos, folders of photos and videos and predicts each face's expression.
+
+Standard output carries only results: with --json one JSON object per face and line
+({"file", "frame", "box": [x, y, w, h], "label", "probabilities": {class: p},
+"detection_confidence"}), else one readable line per face. Messages and the progress
+bar go to standard error. Exit status: 0 when every input was read and showed at least
+one face, 1 when some did not (each is named on standard error), 2 for a usage error
+(bad option, unusable checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Iterable, Iterator
+
+from fer_jax.cli_common import quiet_tensorflow
+from fer_jax.errors import DataError, UserError, run_cli
+from fer_jax.faces.detect import MIN_CONFIDENCE, FaceDetector
+from fer_jax.faces.io import VIDEO, Expansion, Frame, InputFile, expand_paths, iter_frames
+
+# Pictures decoded and searched before their faces are classified in one batched pass;
+# bounds the memory held (16 4K video frames are 400 MB).
+PICTURES_PER_PASS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class FileDone:
+    source: InputFile
+
+
+@dataclasses.dataclass(frozen=True)
+class FileFailed:
+    source: InputFile
+    error: DataError
+
+
+def stream(files: Iterable[InputFile], every: int) -> Iterator[Frame | FileDone | FileFailed]:
+    """Each file's frames, then FileDone, or FileFailed where reading it stopped."""
+    for source in files:
+        try:
+            yield from iter_frames(source, every)
+        except DataError as err:
+            yield FileFailed(source, err)
+        else:
+            yield FileDone(source)
+
+
+def passes(items: Iterable, pictures: int) -> Iterator[list]:
+    """Runs of items holding at most `pictures` frames each, in order."""
+    run, frames = [], 0
+    for item in items:
+        run.append(item)
+        frames += isinstance(item, Frame)
+        if frames == pictures:
+            yield run
+            run, frames = [], 0
+    if run:
+        yield run
+
+
+class OutputNames:
+    """Where each annotated picture goes under --out: named after its input, never
+    over an input file, and unique within the run (a clash gets "-2", "-3", ...)."""
+
+    def __init__(self, out: pathlib.Path, inputs: Iterable[InputFile]):
+        self.out = out
+        self._taken = {source.path.resolve() for source in inputs}
+        self._video_folders: dict[pathlib.Path, pathlib.Path] = {}
+
+    def _unique(self, path: pathlib.Path) -> pathlib.Path:
+        candidate, number = path, 1
+        while candidate.resolve() in self._taken:
+            number += 1
+            candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+        self._taken.add(candidate.resolve())
+        return candidate
+
+    def for_frame(self, frame: Frame) -> pathlib.Path:
+        from fer_jax.faces.annotate import annotated_name
+        source = frame.source
+        if source.kind != VIDEO:
+            return self._unique(self.out / annotated_name(source.relative))
+        # A video's sampled frames go into a folder named after it, without its extension.
+        folder = self._video_folders.get(source.path)
+        if folder is None:
+            folder = self._unique(self.out / os.path.splitext(source.relative)[0])
+            self._video_folders[source.path] = folder
+        return folder / f"frame_{frame.index:06d}.jpg"
+
+
+@dataclasses.dataclass
+class Tally:
+    """What happened, for the final line and the exit status."""
+
+    faces_per_file: dict[InputFile, int] = dataclasses.field(default_factory=dict)
+    pictures: int = 0
+    faces: int = 0
+    problems: int = 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fer_jax.predict", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files, video files (by extension: .mp4, .mov, .avi, .mkv, .webm, ...) "
+                             "or folders (every image and video inside, recursively)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a run's workdir (its best checkpoint), a checkpoint folder, "
+                             "or a released model (default: release/final)")
+    parser.add_argument("--out", default=None,
+                        help="write an annotated copy of each picture here (a video's sampled "
+                             "frames go into a folder named after it)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per face and line")
+    parser.add_argument("--no-detect", action="store_true",
+                        help="each image already is a face crop (any size or colour); skip detection")
+    parser.add_argument("--every", type=_positive_int, default=1, metavar="N",
+                        help="in videos, use every N-th frame (default: 1, every frame)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average each face's probabilities with those of its mirror image")
+    parser.add_argument("--min-confidence", type=float, default=MIN_CONFIDENCE, metavar="P",
+                        help=f"keep detections MTCNN is at least this sure of (default: {MIN_CONFIDENCE})")
+    parser.add_argument("--batch-size", type=_positive_int, default=64,
+                        help="faces per forward pass (default: 64)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    try:
+        return _predict(args)
+    except BrokenPipeError:
+        # The reader of standard output went away (e.g. `| head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    expansion: Expansion = expand_paths(args.paths)
+
+    def say(message: str) -> None:
+        tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
+    tally = Tally()
+    for note in expansion.notes:
+        say(f"note: {note}")
+    for problem in expansion.problems:
+        say(f"skipped: {problem}")
+        tally.problems += 1
+    if not expansion.files:
+        say("nothing to predict on")
+        return 1
+
+    from fer_jax.predictor import ExpressionPredictor
+    predictor = ExpressionPredictor(args.checkpoint, batch_size=args.batch_size, tta=args.tta,
+                                    detector=FaceDetector(args.min_confidence))
+    say(f"model: {predictor.model_name} from {predictor.checkpoint}")
+    if predictor.meta.get("synthetic"):
+        say(f"note: this model was trained on synthetic data. {predictor.meta.get('notice', '')}".rstrip())
+    names = None
+    if args.out:
+        out = pathlib.Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
+        names = OutputNames(out, expansion.files)
+
+    files = expansion.files
+    show_bar = len(files) > 1 or any(source.kind == VIDEO for source in files)
+    started = time.perf_counter()
+    with tqdm(total=len(files), unit="file", file=sys.stderr, disable=not show_bar, leave=False) as bar:
+        for run in passes(stream(files, args.every), PICTURES_PER_PASS):
+            frames = [item for item in run if isinstance(item, Frame)]
+            pictures = [frame.pixels for frame in frames]
+            if args.no_detect:
+                found = [[prediction] for prediction in predictor.predict_faces(pictures)]
+            else:
+                found = predictor.predict_images(pictures)
+            faces_of = dict(zip(map(id, frames), found))
+            for item in run:
+                if isinstance(item, Frame):
+                    _report_frame(item, faces_of[id(item)], args.json, names, tally, say)
+                else:
+                    _finish_file(item, tally, say)
+                    bar.update(1)
+    elapsed = time.perf_counter() - started
+    rate = tally.pictures / elapsed if elapsed > 0 else float("inf")
+    say(f"{len(files)} file(s), {tally.pictures} picture(s), {tally.faces} face(s) in {elapsed:.1f} s "
+        f"({rate:.1f} pictures/s); {tally.problems} input(s) with problems")
+    return 0 if tally.problems == 0 else 1
+
+
+def _report_frame(frame: Frame, faces: list, as_json: bool, names: OutputNames | None,
+                  tally: Tally, say) -> None:
+    source = frame.source
+    tally.pictures += 1
+    tally.faces += len(faces)
+    tally.faces_per_file[source] = tally.faces_per_file.get(source, 0) + len(faces)
+    for face in faces:
+        if as_json:
+            record = {"file": source.name, "frame": frame.index, **face.to_json()}
+            print(json.dumps(record))
+        else:
+            where = source.name if frame.index is None else f"{source.name} frame {frame.index}"
+            x, y, w, h = face.box
+            print(f"{where}: {face.label} {face.score:.2f} at x={x} y={y} w={w} h={h}")
+    if names is not None:
+        from fer_jax.faces.annotate import annotate, save_picture
+        path = names.for_frame(frame)
+        try:
+            save_picture(annotate(frame.pixels, faces), path)
+        except OSError as err:
+            say(f"error: {source.name}: cannot write {path}: {err.strerror or err}")
+            tally.problems += 1
+
+
+def _finish_file(item: FileDone | FileFailed, tally: Tally, say) -> None:
+    source = item.source
+    if isinstance(item, FileFailed):
+        say(f"error: {item.error}")
+        tally.problems += 1
+    elif tally.faces_per_file.get(source, 0) == 0:
+        what = "in any sampled frame" if source.kind == VIDEO else "in this image"
+        say(f"no face: {source.name}: no face found {what}")
+        tally.problems += 1
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
