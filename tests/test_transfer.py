@@ -189,6 +189,17 @@ def _gray_batch(size=64, batch=2, seed=0):
     return np.random.default_rng(seed).normal(size=(batch, size, size, 1)).astype(np.float32)
 
 
+def _fresh_variables(model, size=48, seed=0):
+    """Random variables of MODEL's shapes (compiling model.init's RNG takes ~10 s on 2 cores)."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 1)),
+                                               train=False))
+    rng = np.random.default_rng(seed)
+    return {"params": jax.tree.map(lambda s: (0.1 * rng.normal(size=s.shape)).astype(np.float32),
+                                   shapes["params"]),
+            "batch_stats": jax.tree.map(lambda s: rng.uniform(0.5, 1.5, size=s.shape).astype(np.float32),
+                                        shapes["batch_stats"])}
+
+
 def _flax_model_for(arch, gray_to_rgb, **overrides):
     channels = 1 if gray_to_rgb == "sum" else 3
     return convert.reference_model(arch, num_input_channels=channels, **overrides)
@@ -412,8 +423,7 @@ def test_convert_command_errors_are_one_line(weight_files, tmp_path, capsys, cas
 def test_load_pretrained_fills_the_backbone_and_keeps_the_head(torch, weight_files):
     torch_model, path = weight_files["resnet18"]
     model = ResNet(stem="imagenet", num_input_channels=1)  # 7 classes, grey summed
-    fresh = jax.jit(lambda r: model.init(r, jnp.zeros((1, 48, 48, 1)), train=False))(
-        jax.random.PRNGKey(0))
+    fresh = _fresh_variables(model)
     messages = []
     loaded = finetune.load_pretrained(fresh, str(path), "resnet18", "sum", log=messages.append)
     np.testing.assert_array_equal(loaded["params"]["logits"]["kernel"], fresh["params"]["logits"]["kernel"])
@@ -427,11 +437,11 @@ def test_load_pretrained_fills_the_backbone_and_keeps_the_head(torch, weight_fil
 def test_load_pretrained_reports_a_model_of_another_layout(weight_files):
     _, path = weight_files["resnet18"]
     cifar = ResNet(num_input_channels=1)  # 3x3 stem: not torchvision's
-    fresh = cifar.init(jax.random.PRNGKey(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    fresh = _fresh_variables(cifar)
     with pytest.raises(UserError, match=r"stem/Conv_0/kernel \(7, 7, 1, 64\) vs model \(3, 3, 1, 64\)"):
         finetune.load_pretrained(fresh, str(path), "resnet18", "sum", log=lambda m: None)
     repeat_model = ResNet(stem="imagenet", num_input_channels=3)
-    fresh = repeat_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    fresh = _fresh_variables(repeat_model)
     with pytest.raises(UserError, match="num_input_channels=1 for transfer.gray_to_rgb='sum'"):
         finetune.load_pretrained(fresh, str(path), "resnet18", "sum", log=lambda m: None)
 
@@ -442,7 +452,7 @@ def test_load_pretrained_vgg_gap_head_skips_the_classifier(weight_files, tmp_pat
     converted = convert.convert_state_dict(read_state_dict(path), "vgg16_bn", reference=reference)
     adapted = convert.adapt_first_layer(converted, "vgg16_bn", gray_to_rgb="repeat")
     model = VGGImageNet(widths=NARROW_VGG["widths"], head="gap")
-    fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    fresh = _fresh_variables(model)
     merged, report = finetune.merge_pretrained(fresh, adapted, arch="vgg16_bn", gray_to_rgb="repeat")
     assert report["unused"] == ["fc1", "fc2"] and report["fresh"] == ["logits"]
     np.testing.assert_array_equal(merged["batch_stats"]["block5_conv3"]["bn"]["var"],
@@ -465,8 +475,15 @@ def _transfer_config(**transfer) -> ml_collections.ConfigDict:
 
 def _small_resnet():
     model = ResNet(stem="imagenet", width=8, stage_sizes=(1, 1, 1, 1))
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 48, 48, 1)), train=False)
-    return model, variables
+    return model, _fresh_variables(model)
+
+
+def _toy_params():
+    """Top-level parts named as in ResNet; what the optimizer sees of a model."""
+    rng = np.random.default_rng(0)
+    parts = ("stem", "stage1_block1", "stage1_block2", "stage2_block1", "stage4_block1", "logits")
+    return {part: {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
+                   "bias": rng.normal(size=(4,)).astype(np.float32)} for part in parts}
 
 
 def _largest_change(before, after, keys):
@@ -476,53 +493,45 @@ def _largest_change(before, after, keys):
 
 @pytest.mark.parametrize("clip", [0.0, 1.0])
 def test_frozen_parts_do_not_move_and_the_backbone_is_slower(clip):
-    _, variables = _small_resnet()
-    params = variables["params"]
+    params = _toy_params()
     config = _transfer_config(freeze=("stem", "stage1"), backbone_lr_scale=0.1)
     config.grad_clip_norm = clip
     tx = finetune.make_finetune_optimizer(config, params)
     grads = jax.tree.map(lambda p: jnp.ones_like(p) * 3.0, params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
-    assert _largest_change(params, new, ["stem", "stage1_block1"]) == 0.0
+    assert _largest_change(params, new, ["stem", "stage1_block1", "stage1_block2"]) == 0.0
     # AdamW's first step moves each weight by about its learning rate.
     assert _largest_change(params, new, ["logits"]) == pytest.approx(1e-2, rel=1e-3)
     assert _largest_change(params, new, ["stage2_block1", "stage4_block1"]) == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_warmup_ramps_the_learning_rate():
-    _, variables = _small_resnet()
-    params = variables["params"]
+    params = _toy_params()
     tx = finetune.make_finetune_optimizer(_transfer_config(warmup_steps=4), params)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
+    update = jax.jit(tx.update)
     steps = []
     for _ in range(5):
-        updates, state = tx.update(grads, state, params)
+        updates, state = update(grads, state, params)
         steps.append(float(jnp.max(jnp.abs(updates["logits"]["kernel"]))))
     np.testing.assert_allclose(steps, [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2], rtol=1e-3)
 
 
 def test_unknown_freeze_names_are_refused():
-    _, variables = _small_resnet()
-    with pytest.raises(UserError, match="no part named 'stage9'; valid: backbone, stage1"):
-        finetune.make_finetune_optimizer(_transfer_config(freeze=("stage9",)), variables["params"])
+    params = _toy_params()
+    with pytest.raises(UserError, match="no part named 'stage9'; valid: backbone, stage1, "
+                                        "stage1_block1, stage1_block2, stage2, "):
+        finetune.make_finetune_optimizer(_transfer_config(freeze=("stage9",)), params)
     with pytest.raises(UserError, match="'logits' is the new head"):
-        finetune.param_labels(variables["params"], ("logits",))
-    labels = finetune.param_labels(variables["params"], ("backbone",))
+        finetune.param_labels(params, ("logits",))
+    labels = finetune.param_labels(params, ("backbone",))
     assert set(traverse_util.flatten_dict(labels).values()) == {finetune.FROZEN, finetune.HEAD}
-
-
-def _randomized_stats(variables):
-    keys = jax.random.split(jax.random.PRNGKey(3), len(jax.tree.leaves(variables["batch_stats"])))
-    leaves, tree = jax.tree.flatten(variables["batch_stats"])
-    stats = [0.5 + jax.random.uniform(k, leaf.shape) for k, leaf in zip(keys, leaves)]
-    return {**variables, "batch_stats": jax.tree.unflatten(tree, stats)}
 
 
 def test_frozen_batch_norm_uses_and_keeps_its_running_statistics():
     model, variables = _small_resnet()
-    variables = _randomized_stats(variables)
     freeze = ("stem", "stage1")
     x = jnp.asarray(_gray_batch(size=48, batch=4))
     apply = finetune.frozen_bn_apply(model.apply, freeze)
@@ -543,7 +552,6 @@ def test_frozen_batch_norm_uses_and_keeps_its_running_statistics():
 
 def test_keep_frozen_batch_stats_restores_only_frozen_parts():
     model, variables = _small_resnet()
-    variables = _randomized_stats(variables)
     _, state = model.apply(variables, jnp.asarray(_gray_batch(size=48, batch=4)), train=True,
                            mutable=["batch_stats"])
     kept = finetune.keep_frozen_batch_stats(variables["batch_stats"], state["batch_stats"], ("stage1",))

@@ -222,9 +222,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                            file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
                 # Summed on the device every step, fetched once: the epoch's mean train metrics.
                 epoch_sums, epoch_steps = None, 0
+                # Time the loop spends waiting for the input pipeline, against the epoch's
+                # wall time: the pipeline must not starve the step.
+                data_wait, epoch_start = 0.0, time.time()
+                batches = iter(batches)
                 tick, tick_images = time.time(), 0
                 step_metrics = None
-                for batch in batches:
+                while True:
+                    wait_start = time.time()
+                    batch = next(batches, None)
+                    data_wait += time.time() - wait_start
+                    if batch is None:
+                        break
                     device_state, step_metrics = runner.train(device_state, batch, rng)
                     sums_now = {"loss": step_metrics["loss"], "accuracy": step_metrics["accuracy"]}
                     epoch_sums = sums_now if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, sums_now)
@@ -261,15 +270,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     raise UserError(f"stopped at step {step} on request; checkpoint saved in "
                                     f"{workdir / 'checkpoints'}; run the same command to resume")
 
+                train_wall = max(time.time() - epoch_start, 1e-9)
                 val = validate(device_state)
                 train_means = ({k: float(v) / epoch_steps for k, v in host_metrics(epoch_sums).items()}
                                if epoch_steps else {"loss": None, "accuracy": None})
                 record = {"epoch": epoch + 1, "step": step, "val_loss": val["loss"],
                           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                           "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"],
-                      "train_steps_this_session": epoch_steps,
+                          "train_steps_this_session": epoch_steps,
                           "elapsed_seconds": train_seconds_before + time.time() - start_time,
-                          "partial_epoch": not end_of_epoch}
+                          "partial_epoch": not end_of_epoch,
+                          # An upper bound of the stall: dispatch is asynchronous, so part of
+                          # this wait overlaps the device's work on the previous step.
+                          "data_wait_fraction": data_wait / train_wall,
+                          "train_images_per_second": epoch_steps * global_batch / train_wall}
                 host_state = runner.to_host(device_state)
                 if end_of_epoch:
                     # Plateau and early stopping are per-epoch decisions: a capped, partial
@@ -290,7 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 meta["train_seconds"] = record["elapsed_seconds"]
                 if is_main:
                     msg = (f"epoch {epoch + 1}: val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} "
-                           f"macro_f1 {val['macro_f1']:.4f}" + (" (partial epoch)" if not end_of_epoch else ""))
+                           f"macro_f1 {val['macro_f1']:.4f}; train {record['train_images_per_second']:.0f} img/s, "
+                           f"waiting for data {record['data_wait_fraction']:.1%}"
+                           + (" (partial epoch)" if not end_of_epoch else ""))
                     print(msg, file=sys.stderr)
                 logger.log({"epoch": epoch + 1, "val/loss": val["loss"], "val/accuracy": val["accuracy"],
                             "val/macro_f1": val["macro_f1"], "train/loss": record["train_loss"],
