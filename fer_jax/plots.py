@@ -1,6 +1,7 @@
 """Figures people would rather look at than read (matplotlib, no display needed)."""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import matplotlib
@@ -30,6 +31,59 @@ def confusion_matrix_figure(confusion, path: str | pathlib.Path, title: str = "c
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_title(title)
     fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FaceCell:
+    """One tile of a face grid: a uint8 48x48 face, optionally a [0, 1] heat map over it."""
+
+    face: np.ndarray
+    overlay: np.ndarray | None = None
+    caption: str = ""
+    caption_color: str = "black"
+
+
+def face_grid_figure(cells, path: str | pathlib.Path, *, title: str = "",
+                     row_labels=None, col_labels=None, overlay_label: str | None = None,
+                     overlay_alpha: float = 0.5) -> pathlib.Path:
+    """A grid of faces (rows of FaceCell or None for an empty slot), each captioned,
+    heat maps drawn in 'jet' over the grey face on a fixed 0-1 scale (one colour bar)."""
+    rows, cols = len(cells), max(len(row) for row in cells)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols + 1.2, 1.55 * rows + 0.9), dpi=110,
+                             squeeze=False)
+    heat = None
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cell = cells[r][c] if c < len(cells[r]) else None
+            if cell is None:
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, color="0.6",
+                        transform=ax.transAxes)
+            else:
+                ax.imshow(cell.face, cmap="gray", vmin=0, vmax=255)
+                if cell.overlay is not None:
+                    heat = ax.imshow(cell.overlay, cmap="jet", vmin=0, vmax=1, alpha=overlay_alpha)
+                ax.set_title(cell.caption, fontsize=7, color=cell.caption_color, pad=2)
+            if row_labels is not None and c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+            if col_labels is not None and r == 0 and col_labels[c]:
+                ax.annotate(col_labels[c], xy=(0.5, 1.22), xycoords="axes fraction", ha="center",
+                            va="bottom", fontsize=8, fontweight="bold")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.93 if heat is not None else 1, 1))
+    if heat is not None:
+        bar = fig.add_axes((0.94, 0.15, 0.015, 0.7))
+        fig.colorbar(heat, cax=bar, label=overlay_label or "")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -268,6 +268,29 @@ def test_small_tilts_keep_the_first_box(detector, astronaut, astronaut_face):
     assert math.degrees(faces[0].eye_angle()) == pytest.approx(math.degrees(astronaut_face.eye_angle()) - 8, abs=3)
 
 
+def test_fer_faces_set_in_a_photo_are_framed_back_as_fer_frames_them(detector, fer_sample_path, monkeypatch):
+    # FER2013 faces enlarged 4x inside a larger picture: detecting and aligning them
+    # should give back (about) the original 48 x 48 frame.
+    from fer_jax.data.readers import read_fer
+    cases = []
+    for face in read_fer(fer_sample_path).images[400:430]:
+        photo = np.pad(np.asarray(Image.fromarray(face).resize((192, 192), Image.Resampling.BICUBIC)), 96, mode="edge")
+        found = detector.detect(rgb(photo))
+        if len(found) == 1:
+            cases.append((face.astype(float), photo, found[0]))
+    if len(cases) < 10:
+        pytest.skip("the FER sample here is generated noise, without faces")
+
+    def median_similarity(frame_per_box: float) -> float:
+        monkeypatch.setattr(align, "FRAME_PER_BOX", frame_per_box)
+        return float(np.median([np.corrcoef(align.align_face(photo, found).ravel(), face.ravel())[0, 1]
+                                for face, photo, found in cases]))
+
+    ours = median_similarity(1.12)
+    assert ours > 0.55
+    assert ours > median_similarity(0.85) + 0.05 and ours > median_similarity(1.5) + 0.05
+
+
 # ----------------------------------------------------------------------------- annotation
 
 def test_annotated_picture_keeps_size_and_draws_the_box(astronaut):

@@ -205,6 +205,30 @@ def _flax_model_for(arch, gray_to_rgb, **overrides):
     return convert.reference_model(arch, num_input_channels=channels, **overrides)
 
 
+# ------------------------------------------------------------------------- the name table
+
+@pytest.mark.parametrize("arch", convert.ARCHITECTURES)
+def test_layer_maps_cover_every_variable_once(arch):
+    shapes = convert.variable_shapes(convert.reference_model(arch))
+    mapped = [(collection, layer.flax + (leaf,)) for layer in convert.layer_maps(arch)
+              for _, collection, leaf in convert._TENSORS[layer.kind]]
+    assert len(mapped) == len(set(mapped))
+    assert set(mapped) == {(c, path) for c, paths in shapes.items() for path in paths}
+    torch_names = [f"{layer.torch}.{suffix}" for layer in convert.layer_maps(arch)
+                   for suffix, _, _ in convert._TENSORS[layer.kind]]
+    assert len(set(torch_names)) == len(torch_names) == len(convert.expected_keys(arch))
+
+
+def test_layer_maps_use_torchvision_names():
+    names = convert.expected_keys("resnet18")
+    assert {"conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight",
+            "layer4.1.bn2.bias", "fc.weight"} <= names and len(names) == 102
+    names = convert.expected_keys("vgg19_bn")
+    # vgg19_bn: 16 convs, features.49 the last conv, .50 its BatchNorm
+    assert {"features.0.bias", "features.1.running_mean", "features.49.weight", "features.50.running_var",
+            "classifier.0.weight", "classifier.6.bias"} <= names and "features.51.weight" not in names
+
+
 # ------------------------------------------------------------------------ reading .pth files
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
@@ -349,11 +373,11 @@ def test_truncated_file_is_refused(torch, weight_files, tmp_path, zip_format):
 def test_weights_of_another_architecture_are_named(weight_files):
     _, resnet34 = weight_files["resnet34"]
     message = _bad_file_message(resnet34, "resnet18")
-    assert "resnet34 weights" in message and "--arch resnet34" in message
+    assert "resnet34 weights, not resnet18" in message and "--arch resnet34" in message
     assert "unexpected keys: layer1.2.bn1.bias" in message
     _, resnet18 = weight_files["resnet18"]
     message = _bad_file_message(resnet18, "vgg16_bn")
-    assert "resnet18 weights" in message and "missing keys: classifier.0.bias" in message
+    assert "resnet18 weights, not vgg16_bn" in message and "missing keys: classifier.0.bias" in message
 
 
 def test_wrong_shapes_and_values_are_listed(torch, torch_nets, tmp_path):
@@ -560,6 +584,33 @@ def test_keep_frozen_batch_stats_restores_only_frozen_parts():
     assert _largest_change(variables["batch_stats"], kept, ["stage1_block1"]) == 0.0
     assert _largest_change(state["batch_stats"], kept, ["stem", "stage2_block1"]) == 0.0
     assert _largest_change(variables["batch_stats"], kept, ["stem"]) > 1e-3
+
+
+def test_a_train_step_leaves_frozen_parts_and_their_statistics_alone():
+    """The trainer's own step (jit + shard_map, BatchNorm over the data axis) with the
+    fine-tuning optimizer and frozen_bn_apply."""
+    from fer_jax.engine import optim
+    from fer_jax.engine.parallel import DATA_AXIS, StepRunner
+    from fer_jax.engine.step import TrainState, make_step_fns
+
+    model, variables = _small_resnet()
+    model = model.clone(bn_axis_name=DATA_AXIS)
+    config = _transfer_config(freeze=("stem", "stage1"))
+    tx, plateau = finetune.make_finetune_optimizer(config, variables["params"]), optim.make_plateau(config)
+    state = TrainState(step=jnp.asarray(0, jnp.int32), params=variables["params"],
+                       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+                       plateau_state=plateau.init(variables["params"]))
+    train_fn, eval_fn = make_step_fns(finetune.frozen_bn_apply(model.apply, config.transfer.freeze),
+                                      tx, None, 0.0)
+    runner = StepRunner(train_fn, eval_fn, "jit")
+    batch = {"image": _gray_batch(size=48, batch=8), "label": np.arange(8, dtype=np.int32) % 7}
+    new_state, _ = runner.train(runner.to_devices(state), batch, jax.random.PRNGKey(0))
+    new = runner.to_host(new_state)
+    for collection in ("params", "batch_stats"):
+        before, after = variables[collection], getattr(new, collection)
+        assert _largest_change(before, after, ["stem", "stage1_block1"]) == 0.0, collection
+        assert _largest_change(before, after, ["stage2_block1"]) > 1e-4, collection
+    assert _largest_change(variables["params"], new.params, ["logits"]) > 1e-3
 
 
 # ----------------------------------------------------------------------------- experiments

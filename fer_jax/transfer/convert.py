@@ -167,7 +167,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str, *,
         problems.append(f"unexpected keys: {abbreviate(unexpected)}")
     if problems:
         guess = guess_architecture(state_dict)
-        hint = (f"the file holds {guess} weights: use --arch {guess} (or model {guess})"
+        hint = (f"the file holds {guess} weights, not {arch}: use --arch {guess} (model {guess})"
                 if guess else f"not a torchvision {arch} state dict")
         raise DataError(source, f"{hint}; " + "; ".join(problems))
 

@@ -1,0 +1,125 @@
+"""Grad-CAM (Selvaraju et al. 2017) for any fer_jax model, as pure JAX functions.
+
+The feature map is the output of a layer chosen by path; by default the last
+parameterised layer whose output is still a spatial (B, H, W, C) map, which in every
+registered model is the last conv block before global pooling or flattening. Its
+activations and gradient are taken with a flax method interceptor that adds a zero
+`delta` to that layer's output: the gradient with respect to `delta` is the gradient
+with respect to the map, and no model has to be changed to expose it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fer_jax.data.types import IMAGE_SIZE
+
+LayerPath = tuple[str, ...]
+
+
+def _is_spatial_map(value: Any) -> bool:
+    return hasattr(value, "ndim") and value.ndim == 4 and value.shape[1] > 1 and value.shape[2] > 1
+
+
+def find_feature_layer(model: nn.Module, variables: Any,
+                       input_shape: tuple[int, ...] = (1, IMAGE_SIZE, IMAGE_SIZE, 1)) -> LayerPath:
+    """The path of the last layer (in call-completion order) that has variables and
+    outputs a spatial map; a block that wraps its conv, BN and ReLU completes after
+    them, so the block's rectified output is chosen over its inner conv's."""
+    candidates: list[LayerPath] = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        # Parameter-free layers (dropout) would pick a map past the last conv's.
+        if (context.method_name == "__call__" and context.module.path and _is_spatial_map(out)
+                and jax.tree.leaves(context.module.variables)):
+            candidates.append(tuple(context.module.path))
+        return out
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                       jax.ShapeDtypeStruct(input_shape, jnp.float32))
+    if not candidates:
+        raise ValueError(f"{type(model).__name__} has no layer with a spatial (B, H, W, C) output")
+    return candidates[-1]
+
+
+def _class_score_with_features(model: nn.Module, layer: LayerPath, variables: Any, x: jax.Array,
+                               classes: jax.Array, delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sum over the batch of each example's class logit, with `delta` added to the layer's
+    output; the layer's (unperturbed) output comes back as aux. Examples are independent
+    at inference (BatchNorm uses its running averages), so the gradient of the sum is
+    each example's own gradient."""
+    captured: list[jax.Array] = []
+
+    def add_delta(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and tuple(context.module.path) == layer:
+            captured.append(out)
+            return out + delta.astype(out.dtype)
+        return out
+
+    with nn.intercept_methods(add_delta):
+        logits = model.apply(variables, x, train=False)
+    if len(captured) != 1:
+        raise ValueError(f"layer {'/'.join(layer)} was called {len(captured)} times; expected once")
+    score = jnp.take_along_axis(logits.astype(jnp.float32), classes[:, None], axis=1).sum()
+    return score, captured[0]
+
+
+def feature_shape(model: nn.Module, variables: Any, layer: LayerPath,
+                  input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The (B, H, W, C) shape of the layer's output for inputs of input_shape."""
+    shapes: list[tuple[int, ...]] = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and tuple(context.module.path) == layer:
+            shapes.append(tuple(out.shape))
+        return out
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                       jax.ShapeDtypeStruct(input_shape, jnp.float32))
+    if not shapes:
+        raise ValueError(f"{type(model).__name__} has no layer {'/'.join(layer)}")
+    return shapes[0]
+
+
+def gradcam_maps(model: nn.Module, variables: Any, x: jax.Array, classes: jax.Array,
+                 layer: LayerPath) -> jax.Array:
+    """Unnormalized Grad-CAM at the layer's resolution: ReLU(sum_k w_k A_k), with
+    w_k the spatial mean of d(class logit)/dA_k. x: normalized (N, 48, 48, 1);
+    classes: int (N,). Returns float32 (N, H, W), >= 0."""
+    delta = jnp.zeros(feature_shape(model, variables, layer, x.shape), jnp.float32)
+    grad_fn = jax.grad(functools.partial(_class_score_with_features, model, layer),
+                       argnums=3, has_aux=True)
+    gradients, features = grad_fn(variables, x, classes.astype(jnp.int32), delta)
+    weights = gradients.mean(axis=(1, 2))  # (N, C)
+    cam = jnp.einsum("nhwc,nc->nhw", features.astype(jnp.float32), weights)
+    return jax.nn.relu(cam)
+
+
+def upsample_and_scale(maps: jax.Array, size: int = IMAGE_SIZE) -> jax.Array:
+    """(N, h, w) >= 0 to (N, size, size) in [0, 1]: bilinear upsampling, then each map
+    divided by its maximum (a map that is zero everywhere stays zero)."""
+    resized = jax.image.resize(maps, (maps.shape[0], size, size), method="bilinear")
+    resized = jnp.maximum(resized, 0.0)
+    peak = resized.max(axis=(1, 2), keepdims=True)
+    return jnp.where(peak > 0, resized / jnp.where(peak > 0, peak, 1.0), 0.0)
+
+
+def gradcam(model: nn.Module, variables: Any, x: jax.Array, classes: jax.Array, *,
+            layer: LayerPath, size: int = IMAGE_SIZE) -> jax.Array:
+    """Grad-CAM heat maps, float32 (N, size, size) in [0, 1], for the given classes."""
+    return upsample_and_scale(gradcam_maps(model, variables, x, classes, layer), size)
+
+
+def jitted_gradcam(model: nn.Module, layer: LayerPath, size: int = IMAGE_SIZE
+                   ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """gradcam compiled for one model and layer: fn(variables, x, classes)."""
+    return jax.jit(functools.partial(gradcam, model, layer=layer, size=size))
