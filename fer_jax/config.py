@@ -55,6 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
         enabled=True, factor=0.5, patience=3, cooldown=0, min_scale=1e-3, rtol=1e-4, atol=0.0))
     c.early_stopping_patience = 0  # epochs without a better validation accuracy; 0 disables
 
+    # Fine-tuning from converted ImageNet weights (fer_jax.transfer); empty init_from: none.
+    c.transfer = ml_collections.ConfigDict(dict(
+        init_from="", arch="", gray_to_rgb="sum", input_size=48, freeze=(), backbone_lr_scale=0.1,
+        warmup_steps=0, imagenet_normalization=False))
+
     c.checkpoint = ml_collections.ConfigDict(dict(keep_latest=2, every_steps=500))
     c.log_every_steps = 20
     c.parallel = "jit"  # "jit" (jit + shard_map over a mesh) or "pmap"

@@ -50,7 +50,7 @@ class FaceCell:
 
 def face_grid_figure(cells, path: str | pathlib.Path, *, title: str = "",
                      row_labels=None, col_labels=None, overlay_label: str | None = None,
-                     overlay_alpha: float = 0.5) -> pathlib.Path:
+                     overlay_alpha: float = 0.5, empty_text: str = "none") -> pathlib.Path:
     """A grid of faces (rows of FaceCell or None for an empty slot), each captioned,
     heat maps drawn in 'jet' over the grey face on a fixed 0-1 scale (one colour bar)."""
     rows, cols = len(cells), max(len(row) for row in cells)
@@ -66,7 +66,7 @@ def face_grid_figure(cells, path: str | pathlib.Path, *, title: str = "",
             if cell is None:
                 for spine in ax.spines.values():
                     spine.set_visible(False)
-                ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, color="0.6",
+                ax.text(0.5, 0.5, empty_text, ha="center", va="center", fontsize=7, color="0.6",
                         transform=ax.transAxes)
             else:
                 ax.imshow(cell.face, cmap="gray", vmin=0, vmax=255)

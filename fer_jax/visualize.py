@@ -204,8 +204,9 @@ def gradcam_mean_figure(model, variables, norm, data, correct_many, path, model_
             continue
         mean_map = chunk.mean(axis=0)
         mean_map = mean_map / mean_map.max() if mean_map.max() > 0 else mean_map
-        row.append(FaceCell(data.images[rows].mean(axis=0), mean_map, f"{CLASS_NAMES[label]} (n={len(rows)})"))
-    return face_grid_figure([row], path, overlay_label="mean Grad-CAM (scaled)",
+        row.append(FaceCell(data.images[rows].mean(axis=0), mean_map, f"n={len(rows)}"))
+    return face_grid_figure([row], path, overlay_label="mean Grad-CAM (scaled)", col_labels=list(CLASS_NAMES),
+                            empty_text="no correct\nprediction",
                             title=f"{model_name}: mean Grad-CAM ({'/'.join(layer)}) over correctly\n"
                                   "classified faces of each class, on their mean face")
 
@@ -247,6 +248,7 @@ def attention_figures(attention: list[tuple[str, np.ndarray]], data, probs, samp
         mean_grid.append(row)
     means = face_grid_figure(
         mean_grid, out / "attention_mean.png", row_labels=[n.split("/")[0] for n in names],
+        col_labels=list(CLASS_NAMES), empty_text="no correct\nprediction",
         overlay_label="mean attention (min-max per map)",
         title=f"{model_name}: mean CBAM spatial attention over correctly classified faces\n"
               "of each class, on their mean face (caption: value range)")
@@ -287,7 +289,7 @@ def run(checkpoint, data_path, split: str, out, per_class: int, mean_count: int,
     correct = pick_examples(data.labels, predictions, per_class, True, rng)
     wrong = pick_examples(data.labels, predictions, per_class, False, rng)
     correct_many = pick_examples(data.labels, predictions, mean_count, True, rng)
-    title = f"{name} ({config.model})"
+    title = name if name == config.model else f"{name} ({config.model})"
     written = [confusion_matrix_figure(confusion, out / "confusion_matrix.png",
                                        title=f"{title} on {split} (accuracy {summary['accuracy']:.1%})"),
                predictions_figure(data, probs, correct, wrong, per_class, out / "predictions.png", title)]

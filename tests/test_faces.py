@@ -95,6 +95,11 @@ def test_read_image_converts_to_upright_rgb(tmp_path):
     assert pixels.shape == (12, 20, 3) and pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels[..., 1], gray)
 
+    # 16-bit grayscale (scientific cameras, scans) keeps its contrast.
+    deep = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 257)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "deep.png")[..., 0], (deep // 257).astype(np.uint8))
+
     # A phone photo stored sideways with EXIF orientation 6 ("rotate 90 clockwise").
     exif = Image.Exif()
     exif[0x0112] = 6

@@ -94,14 +94,14 @@ class FaceDetector:
     """Finds faces with MTCNN; the network is built on first use.
 
     min_confidence: detections MTCNN is less sure of are dropped; max_side: photos are
-    searched at most this large; min_face_size: MTCNN's smallest face, in searched pixels.
+    searched at most this large. The smallest face found is MTCNN's default, 20 searched
+    pixels: mtcnn 1.0 sizes its image pyramid as if it were 12, so a larger minimum makes
+    its last level too small for its first network, which then fails (downscale instead).
     """
 
-    def __init__(self, min_confidence: float = MIN_CONFIDENCE, *, max_side: int = MAX_DETECTION_SIDE,
-                 min_face_size: int = 20):
+    def __init__(self, min_confidence: float = MIN_CONFIDENCE, *, max_side: int = MAX_DETECTION_SIDE):
         self.min_confidence = min_confidence
         self.max_side = max_side
-        self.min_face_size = min_face_size
         self._mtcnn = None
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
@@ -123,8 +123,7 @@ class FaceDetector:
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             searched = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-        rows = self._mtcnn.detect_faces(searched, fit_to_image=False, output_type="numpy",
-                                        min_face_size=self.min_face_size)
+        rows = self._mtcnn.detect_faces(searched, fit_to_image=False, output_type="numpy")
         faces = [_face_from_row(np.asarray(row, np.float64) / _unscale(scale)) for row in rows]
         kept = [face for face in faces if face.confidence >= self.min_confidence]
         return sorted(kept, key=lambda face: (face.box[0], face.box[1]))

@@ -119,8 +119,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so that a truncated file fails here
-            upright = ImageOps.exif_transpose(image)
-            return np.asarray(upright.convert("RGB"))
+            return _to_rgb(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         if pathlib.Path(path).suffix.lower() in IMAGE_EXTENSIONS:
             raise DataError(path, "not a readable image: unknown format or damaged header") from None
@@ -131,6 +130,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as err:
         # Pillow reports truncated and corrupt data as OSError (sometimes SyntaxError).
         raise DataError(path, f"corrupt or truncated image: {err}") from None
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """uint8 (H, W, 3) RGB; 16-bit grayscale is scaled down (Pillow's convert would clip it)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        gray = np.clip(np.asarray(image, np.float64) / 257.0, 0, 255)
+        return np.repeat(np.rint(gray).astype(np.uint8)[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
 
 
 def iter_video_frames(path: str | os.PathLike, every: int = 1) -> Iterator[tuple[int, np.ndarray]]:

@@ -1,0 +1,180 @@
+"""Unit tests of the step, optimizer and config pieces (single device, in-process)."""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fer_jax import config as config_lib
+from fer_jax.engine import optim
+from fer_jax.engine.inference import build_model
+from fer_jax.engine.parallel import DATA_AXIS, StepRunner
+from fer_jax.engine.step import cross_entropy, init_state, make_step_fns
+from fer_jax.errors import UserError
+
+
+def _batch(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.normal(size=(n, 48, 48, 1)).astype(np.float32),
+            "label": rng.integers(0, 7, size=n).astype(np.int32)}
+
+
+def _runner(config, class_weights=None, label_smoothing=0.0, tx=None):
+    model = build_model(config, bn_axis_name=DATA_AXIS)
+    tx = tx or optim.make_optimizer(config)
+    plateau = optim.make_plateau(config)
+    state = init_state(config, model, tx, plateau)
+    train_fn, eval_fn = make_step_fns(model.apply, tx, class_weights, label_smoothing)
+    runner = StepRunner(train_fn, eval_fn, "jit")
+    return model, runner, runner.to_devices(state), state
+
+
+def _config(**kw):
+    c = config_lib.base_config()
+    c.model = "simple_cnn_v2"
+    c.model_kwargs.dropout = 0.0
+    for k, v in kw.items():
+        c[k] = v
+    return c
+
+
+def test_class_weighted_loss_is_pytorchs_weighted_mean():
+    config = _config(learning_rate=0.0)
+    weights = jnp.asarray([1.0, 10.0, 1.0, 0.5, 1.0, 2.0, 1.0], jnp.float32)
+    model, runner, device_state, host_state = _runner(config, class_weights=weights)
+    batch = _batch()
+    _, metrics = runner.train(device_state, batch, jax.random.PRNGKey(0))
+    logits, _ = model.clone(bn_axis_name=None).apply(
+        host_state.variables, batch["image"], train=True, mutable=["batch_stats"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    w = np.asarray(weights)[batch["label"]]
+    expected = float(np.sum(w * np.asarray(ce)) / np.sum(w))
+    assert float(runner.to_host(metrics)["loss"]) == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(float(np.mean(ce)), rel=1e-3)  # the weights mattered
+
+
+def test_label_smoothing_matches_the_smoothed_target_formula():
+    logits = jnp.asarray([[2.0, 0.0, -1.0, 0.5, 0.0, 0.0, 1.0]])
+    ce = cross_entropy(logits, jnp.asarray([0]), 0.1)
+    log_p = jax.nn.log_softmax(logits)[0]
+    target = np.full(7, 0.1 / 7)
+    target[0] += 0.9
+    chex.assert_trees_all_close(ce[0], -jnp.sum(target * log_p), rtol=1e-6)
+
+
+def test_bf16_compute_trains_like_fp32():
+    """Params stay float32; three bf16 steps follow the fp32 losses within 2%."""
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        config = _config(compute_dtype=dtype, learning_rate=1e-3)
+        _, runner, state, _ = _runner(config)
+        out = []
+        for i in range(3):
+            state, metrics = runner.train(state, _batch(seed=i), jax.random.PRNGKey(0))
+            out.append(float(runner.to_host(metrics)["loss"]))
+        host = runner.to_host(state)
+        assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(host.params))
+        losses[dtype] = np.array(out)
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.02)
+    assert not np.array_equal(losses["bfloat16"], losses["float32"])  # bf16 really ran
+
+
+def test_plateau_scales_the_update_and_steps_only_per_epoch():
+    config = _config(learning_rate=1e-2)
+    config.plateau.patience = 1
+    config.plateau.factor = 0.5
+    _, runner, state, host_state = _runner(config)
+    before = runner.to_host(state).params
+    stepped, _ = runner.train(state, _batch(), jax.random.PRNGKey(0))
+    delta_full = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), runner.to_host(stepped).params, before)
+    # Two epochs without improvement halve the scale; train steps do not move it.
+    plateau_state = optim.plateau_step(config, host_state.plateau_state, 1.0)
+    plateau_state = optim.plateau_step(config, plateau_state, 1.5)
+    assert float(plateau_state.scale) == pytest.approx(0.5)
+    halved = runner.to_devices(host_state.replace(plateau_state=plateau_state))
+    stepped_half, metrics = runner.train(halved, _batch(), jax.random.PRNGKey(0))
+    assert float(runner.to_host(metrics)["lr_scale"]) == pytest.approx(0.5)
+    assert float(runner.to_host(stepped_half).plateau_state.scale) == pytest.approx(0.5)
+    delta_half = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), runner.to_host(stepped_half).params, before)
+    chex.assert_trees_all_close(delta_half, jax.tree.map(lambda d: d * 0.5, delta_full), atol=1e-6)
+
+
+def test_disabled_plateau_never_changes_the_scale():
+    config = _config()
+    config.plateau.enabled = False
+    state = optim.make_plateau(config).init({})
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0):
+        state = optim.plateau_step(config, state, value)
+    assert float(state.scale) == 1.0
+
+
+def test_gradient_clipping_runs_before_adamw():
+    config = _config(grad_clip_norm=1e-3, weight_decay=0.0)
+    tx = optim.make_optimizer(config)
+    reference = optax.adamw(config.learning_rate, weight_decay=0.0)
+    params = {"w": jnp.ones(3)}
+    grads = [{"w": jnp.asarray([100.0, 0.0, 0.0])}, {"w": jnp.asarray([1.0, 0.0, 0.0])}]
+    state, ref_state = tx.init(params), reference.init(params)
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+        # The same gradient clipped to norm 1e-3 by hand, then plain AdamW.
+        clipped = {"w": g["w"] * (1e-3 / jnp.linalg.norm(g["w"]))}
+        ref_updates, ref_state = reference.update(clipped, ref_state, params)
+        chex.assert_trees_all_close(updates, ref_updates, rtol=1e-5)
+    unclipped = optax.adamw(config.learning_rate, weight_decay=0.0)
+    u_state = unclipped.init(params)
+    for g in grads:
+        u_updates, u_state = unclipped.update(g, u_state, params)
+    assert not np.allclose(np.asarray(u_updates["w"]), np.asarray(updates["w"]))
+
+
+def test_batch_stats_change_in_training_steps_only():
+    config = _config()
+    _, runner, state, host_state = _runner(config)
+    stepped, _ = runner.train(state, _batch(), jax.random.PRNGKey(0))
+    after = runner.to_host(stepped).batch_stats
+    assert not np.allclose(jax.tree.leaves(after)[0], jax.tree.leaves(host_state.batch_stats)[0])
+    batch = dict(_batch(), mask=np.ones(16, bool))
+    sums = runner.eval(stepped, batch)
+    chex.assert_trees_all_equal(runner.to_host(stepped).batch_stats, after)
+    assert float(runner.to_host(sums)["count"]) == 16
+
+
+def test_eval_counts_only_masked_rows():
+    _, runner, state, _ = _runner(_config())
+    batch = dict(_batch(), mask=np.array([True] * 10 + [False] * 6))
+    sums = runner.to_host(runner.eval(state, batch))
+    assert float(sums["count"]) == 10 and np.asarray(sums["confusion"]).sum() == 10
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=abc", "expected a value of type int"),
+    ("plateau.nope=1", "unknown config key 'plateau.nope'"),
+    ("augment.scale_range=a,b", "expected a value of type tuple"),
+    ("balanced_sampling=maybe", "expected a value of type bool"),
+    ("justtext", "expected key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        config_lib.apply_overrides(config_lib.load_experiment("cbam"), [override])
+
+
+def test_overrides_are_typed():
+    config = config_lib.apply_overrides(config_lib.load_experiment("cbam"), [
+        "epochs=3", "learning_rate=0.01", "balanced_sampling=true", "augment.scale_range=0.8,1.2",
+        "model_kwargs.dropout=0.1", "data.split_scheme=stratified"])
+    assert config.epochs == 3 and config.learning_rate == 0.01 and config.balanced_sampling is True
+    assert tuple(config.augment.scale_range) == (0.8, 1.2)
+    assert config.model_kwargs.dropout == 0.1 and config.data.split_scheme == "stratified"
+
+
+def test_every_experiment_has_the_required_keys_and_builds_its_model():
+    for name in config_lib.experiment_names():
+        config = config_lib.load_experiment(name)
+        for key in ("epochs", "batch_size", "learning_rate", "seed", "max_train_steps"):
+            assert key in config, (name, key)
+        assert config.experiment == name
+        build_model(config)  # the model name and its kwargs are valid

@@ -1,0 +1,218 @@
+"""Grad-CAM numerics and the visualize command on tiny trained checkpoints."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import ml_collections
+import numpy as np
+import pytest
+
+from fer_jax import visualize
+from fer_jax.errors import UserError
+from fer_jax.gradcam import find_feature_layer, gradcam, jitted_gradcam
+from fer_jax.models import get_model
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ALL_FIGURES = ("confusion_matrix.png", "predictions.png", "gradcam.png", "gradcam_mean.png",
+               "attention.png", "attention_mean.png")
+ATTENTION_FIGURES = ("attention.png", "attention_mean.png")
+
+
+def tiny_checkpoint(tmp_path_factory, data_path, experiment: str, model_kwargs: dict) -> pathlib.Path:
+    """A run of two training steps, trained once per session (test_ensemble.py reuses it)."""
+    from fer_jax.config import load_experiment
+    from fer_jax.data.source import prepare_data
+    from fer_jax.engine.trainer import train_and_evaluate
+
+    workdir = tmp_path_factory.getbasetemp() / f"fer_jax_tiny_{experiment}"
+    if not (workdir / "summary.json").exists():
+        config = load_experiment(experiment)
+        config.max_train_steps = 2
+        config.batch_size = 32
+        config.wandb.mode = "disabled"
+        config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
+        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(data_path)), progress=False)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def cbam_run(tmp_path_factory, fer_sample_path):
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "cbam", {"widths": (8, 16, 16), "dense_width": 32})
+
+
+@pytest.fixture(scope="session")
+def simple_run(tmp_path_factory, fer_sample_path):
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "simple_cnn_v1",
+                           {"widths": (8, 16), "dense_width": 32})
+
+
+# --- Grad-CAM numerics -------------------------------------------------------------
+
+class TwoChannelModel(nn.Module):
+    """features = [x, 1 - x] (a 1x1 conv); logits = Dense(spatial mean of features).
+
+    With logit kernel W, d(logit_c)/dA_k = W[k, c] / (H W) everywhere, so Grad-CAM of
+    class c is ReLU(sum_k W[k, c] A_k) up to a positive factor: known in closed form.
+    """
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        features = nn.Conv(2, (1, 1), name="features",
+                           kernel_init=lambda *_: jnp.array([[[[1.0, -1.0]]]]),
+                           bias_init=lambda *_: jnp.array([0.0, 1.0]))(x)
+        pooled = features.mean(axis=(1, 2))
+        # class 0 reads channel x, class 1 reads 1 - x, class 2 is pushed down by both.
+        kernel = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]])
+        return nn.Dense(3, use_bias=False, kernel_init=lambda *_: kernel)(pooled)
+
+
+class StridedModel(nn.Module):
+    """Two 2x2 stride-2 averaging convs (a 12x12 map), then the mean: logit 0 = mean brightness."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        average = lambda *_: jnp.full((2, 2, 1, 1), 0.25)  # noqa: E731
+        x = nn.Conv(1, (2, 2), strides=(2, 2), use_bias=False, kernel_init=average, name="down1")(x)
+        x = nn.Conv(1, (2, 2), strides=(2, 2), use_bias=False, kernel_init=average, name="down2")(x)
+        return nn.Dense(1, use_bias=False, kernel_init=nn.initializers.ones)(x.mean(axis=(1, 2)))
+
+
+def blob(center_y: float, center_x: float, sigma: float = 4.0) -> np.ndarray:
+    yy, xx = np.mgrid[:48, :48]
+    return np.exp(-((yy - center_y) ** 2 + (xx - center_x) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+
+
+def test_gradcam_matches_the_closed_form_on_a_known_model():
+    image = blob(12.0, 30.0)
+    x = jnp.asarray(np.stack([image, image])[..., None])
+    model = TwoChannelModel()
+    variables = model.init(jax.random.key(0), x, train=False)
+    layer = find_feature_layer(model, variables)
+    assert layer == ("features",)
+    cams = np.asarray(gradcam(model, variables, x, jnp.array([0, 1]), layer=layer))
+    assert cams.shape == (2, 48, 48)
+    np.testing.assert_allclose(cams[0], image / image.max(), atol=1e-5)
+    inverse = 1.0 - image
+    np.testing.assert_allclose(cams[1], inverse / inverse.max(), atol=1e-5)
+    assert np.unravel_index(cams[0].argmax(), cams[0].shape) == (12, 30)
+    # every channel lowers class 2's logit: nothing is evidence for it
+    negative = np.asarray(gradcam(model, variables, x[:1], jnp.array([2]), layer=layer))
+    np.testing.assert_array_equal(negative, 0.0)
+
+
+def test_gradcam_of_a_coarse_map_peaks_where_the_evidence_is():
+    image = blob(36.0, 10.0, sigma=3.0)
+    x = jnp.asarray(image[None, :, :, None])
+    model = StridedModel()
+    variables = model.init(jax.random.key(0), x, train=False)
+    layer = find_feature_layer(model, variables)
+    assert layer == ("down2",)
+    cam = np.asarray(jitted_gradcam(model, layer)(variables, x, jnp.array([0])))[0]
+    assert cam.shape == (48, 48) and cam.min() >= 0.0 and cam.max() == pytest.approx(1.0)
+    peak = np.unravel_index(cam.argmax(), cam.shape)
+    assert abs(peak[0] - 36) <= 4 and abs(peak[1] - 10) <= 4
+    assert cam[:24, 24:].max() < 0.05  # the far quadrant holds no evidence
+
+
+@pytest.mark.parametrize("name, kwargs, expected", [
+    ("simple_cnn_v1", {"widths": (4, 4)}, ("Conv_1",)),
+    ("simple_cnn_v2", {"widths": (4, 4)}, ("BatchNorm_1",)),
+    ("cbam_cnn", {"widths": (4, 4, 4)}, ("cbam_2",)),
+    ("resnet18", {"width": 2}, ("stage4_block2",)),
+    # VGG's last Dropout sees a 3x3 map after the last pool; Grad-CAM must stop at the conv block
+    ("vgg_fer", {"widths": (2, 2, 2, 2), "dense_width": 4}, ("ConvBNReLU_7",)),
+])
+def test_feature_layer_is_the_last_conv_block_before_pooling(name, kwargs, expected):
+    model = get_model(name, **kwargs)
+    x = jax.ShapeDtypeStruct((1, 48, 48, 1), jnp.float32)
+    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape), train=False), jax.random.key(0))
+    assert find_feature_layer(model, variables) == expected
+
+
+def test_gradcam_on_a_registered_model_is_bounded_and_per_example():
+    model = get_model("simple_cnn_v2", widths=(4, 8), dense_width=8)
+    x = jax.random.normal(jax.random.key(1), (3, 48, 48, 1))
+    variables = model.init(jax.random.key(0), x, train=False)
+    layer = find_feature_layer(model, variables)
+    cams = np.asarray(gradcam(model, variables, x, jnp.array([0, 3, 6]), layer=layer))
+    assert cams.shape == (3, 48, 48) and np.isfinite(cams).all()
+    assert cams.min() >= 0.0 and cams.max() <= 1.0
+    # one example's map does not depend on which other faces share its batch
+    alone = np.asarray(gradcam(model, variables, x[1:2], jnp.array([3]), layer=layer))
+    np.testing.assert_allclose(alone[0], cams[1], atol=1e-5)
+
+
+# --- the command's pieces ------------------------------------------------------------
+
+def test_pick_examples_takes_right_or_wrong_rows_of_each_class():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predictions = np.array([0, 1, 0, 1, 0, 2])
+    rng = np.random.default_rng(0)
+    right = visualize.pick_examples(labels, predictions, 5, True, rng)
+    wrong = visualize.pick_examples(labels, predictions, 5, False, rng)
+    assert [r.tolist() for r in right[:3]] == [[0, 2], [3], [5]]
+    assert [w.tolist() for w in wrong[:3]] == [[1], [4], []]
+    assert len(visualize.pick_examples(labels, predictions, 1, True, rng)[0]) == 1
+
+
+def test_training_data_path_needs_data_that_is_still_there(tmp_path):
+    present = tmp_path / "fer.csv"
+    present.write_text("emotion,pixels,Usage\n")
+    assert visualize.training_data_path({"data": {"name": "fer2013", "source": str(present)}}, tmp_path) \
+        == str(present)
+    for meta, words in [({}, "does not say"),
+                        ({"data": {"name": "fer2013", "source": str(tmp_path / "gone.csv")}}, "not there"),
+                        ({"data": {"name": "fer_synthetic", "source": "synthetic:seed=0,n=10"}}, "synthetic")]:
+        with pytest.raises(UserError, match=words):
+            visualize.training_data_path(meta, tmp_path)
+
+
+def _assert_png(path: pathlib.Path):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels[..., :3].std() > 0.01  # not a blank canvas
+
+
+def test_command_on_cbam_writes_every_figure_from_the_training_data(cbam_run, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert visualize.main(["--checkpoint", str(cbam_run), "--out", str(out), "--mean-count", "8"]) == 0
+    printed = capsys.readouterr().out
+    for name in ALL_FIGURES:
+        _assert_png(out / name)
+        assert str(out / name) in printed
+    assert "Grad-CAM layer: cbam_2" in printed
+    assert "PublicTest rows of" in printed and "fer2013" in printed
+
+
+def test_command_on_a_model_without_attention_says_so(simple_run, fer_sample_path, tmp_path, capsys):
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "attention.png").write_bytes(b"stale")  # from an earlier model: must not be left behind
+    assert visualize.main(["--checkpoint", str(simple_run), "--data", str(fer_sample_path),
+                           "--out", str(out), "--mean-count", "8"]) == 0
+    printed = capsys.readouterr().out
+    for name in ALL_FIGURES:
+        if name in ATTENTION_FIGURES:
+            assert not (out / name).exists()
+        else:
+            _assert_png(out / name)
+    assert "no spatial attention maps" in printed and "simple_cnn_v1" in printed
+
+
+def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, fer_sample_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-m", "fer_jax.visualize", "--checkpoint", str(tmp_path),
+                           "--data", str(fer_sample_path), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not a fer_jax checkpoint" in lines[0]
+    assert not (tmp_path / "out").exists()
