@@ -423,7 +423,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from fer_jax.models import MODEL_NAMES
+    from fer_jax.models import STUDY_MODEL_NAMES as MODEL_NAMES
 
     parser = argparse.ArgumentParser(
         prog="python -m fer_jax.bench",

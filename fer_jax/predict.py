@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in videos, use every N-th frame (default: 1, every frame)")
     parser.add_argument("--tta", action="store_true",
                         help="average each face's probabilities with those of its mirror image")
-    parser.add_argument("--min-confidence", type=float, default=MIN_CONFIDENCE, metavar="P",
+    parser.add_argument("--min-confidence", type=_probability, default=MIN_CONFIDENCE, metavar="P",
                         help=f"keep detections MTCNN is at least this sure of (default: {MIN_CONFIDENCE})")
     parser.add_argument("--batch-size", type=_positive_int, default=64,
                         help="faces per forward pass (default: 64)")
@@ -138,6 +138,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
 
 
@@ -160,6 +170,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     def say(message: str) -> None:
         tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
+
     tally = Tally()
     for note in expansion.notes:
         say(f"note: {note}")
@@ -196,10 +207,10 @@ def _predict(args: argparse.Namespace) -> int:
                 found = [[prediction] for prediction in predictor.predict_faces(pictures)]
             else:
                 found = predictor.predict_images(pictures)
-            faces_of = dict(zip(map(id, frames), found))
+            faces_in_order = iter(found)
             for item in run:
                 if isinstance(item, Frame):
-                    _report_frame(item, faces_of[id(item)], args.json, names, tally, say)
+                    _report_frame(item, next(faces_in_order), args.json, names, tally, say)
                 else:
                     _finish_file(item, tally, say)
                     bar.update(1)

@@ -20,8 +20,6 @@ from fer_jax.data.types import CLASS_NAMES, NUM_CLASSES
 from fer_jax.errors import UserError, run_cli
 
 SPLITS = ("PublicTest", "PrivateTest", "Training", "all")
-FIGURES = ("confusion_matrix.png", "predictions.png", "gradcam.png", "gradcam_mean.png",
-           "attention.png", "attention_mean.png")
 
 
 def training_data_path(meta: dict, step_dir: pathlib.Path) -> str:
@@ -97,10 +95,15 @@ def spatial_attention(model, variables, norm: dict, images: np.ndarray,
     names = sorted(jax.eval_shape(sown, x), key=_natural_key)
     if not names or len(images) == 0:
         return []
-    forward = jax.jit(sown)
+    forward = jax.jit(lambda x: tuple(sown(x)[name] for name in names))
     x_all = normalize_images(images, norm)
-    return [(name, _batched(lambda x, name=name: forward(x)[name], (x_all,), batch_size))
-            for name in names]
+    # One forward pass per batch gives every stage's map; the stages differ in size.
+    per_batch = [forward(np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:],
+                                                          chunk.dtype)]))
+                 for chunk in (x_all[i:i + batch_size] for i in range(0, len(x_all), batch_size))]
+    counts = [min(batch_size, len(x_all) - i) for i in range(0, len(x_all), batch_size)]
+    return [(name, np.concatenate([np.asarray(maps[k])[:n] for maps, n in zip(per_batch, counts)]))
+            for k, name in enumerate(names)]
 
 
 def _natural_key(path: str):
@@ -244,14 +247,14 @@ def attention_figures(attention: list[tuple[str, np.ndarray]], data, probs, samp
                 continue
             mean_map = chunk.mean(axis=0)
             row.append(FaceCell(data.images[rows].mean(axis=0), upsample(min_max(mean_map)[None])[0],
-                                f"{CLASS_NAMES[label]}: {mean_map.min():.2f}-{mean_map.max():.2f}"))
+                                f"n={len(rows)}: {mean_map.min():.2f}-{mean_map.max():.2f}"))
         mean_grid.append(row)
     means = face_grid_figure(
         mean_grid, out / "attention_mean.png", row_labels=[n.split("/")[0] for n in names],
         col_labels=list(CLASS_NAMES), empty_text="no correct\nprediction",
         overlay_label="mean attention (min-max per map)",
         title=f"{model_name}: mean CBAM spatial attention over correctly classified faces\n"
-              "of each class, on their mean face (caption: value range)")
+              "of each class, on their mean face (caption: faces, value range)")
     return [samples, means]
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from fer_jax import bench
 from fer_jax.errors import UserError
-from fer_jax.models import MODEL_NAMES, get_model
+from fer_jax.models import STUDY_MODEL_NAMES as MODEL_NAMES, get_model
 
 NUM_CLASSES = 7
 # Every block type: biased convs and flatten (v1), conv+BN (v2), ConvBNReLU, Dropout2d and

@@ -83,6 +83,16 @@ def resnet_stages(stage_sizes, width: int = 64) -> int:
     return total
 
 
+def vgg_imagenet(stage_sizes) -> int:
+    """torchvision's VGG-bn features (convs keep their bias there), 3 input channels, gap head."""
+    total, cin = 0, 3
+    for convs, width in zip(stage_sizes, (64, 128, 256, 512, 512)):
+        for _ in range(convs):
+            total += conv(3, cin, width, bias=True) + bn(width)
+            cin = width
+    return total + dense(512, 7)
+
+
 EXPECTED_PARAMS = {
     # 48 -pool-> 24 -pool-> 12: flatten 12*12*64 = 9216
     "simple_cnn_v1": conv(5, 1, 32, True) + conv(5, 32, 64, True)
@@ -103,6 +113,9 @@ EXPECTED_PARAMS = {
     "vgg_fer": double_conv_bn(1, 64) + double_conv_bn(64, 128) + double_conv_bn(128, 256)
     + double_conv_bn(256, 512) + dense(3 * 3 * 512, 1024) + dense(1024, 1024)
     + dense(1024, 7),
+    # torchvision's vgg16_bn / vgg19_bn features: 14,723,136 / 20,035,392 parameters there.
+    "vgg16_bn": vgg_imagenet((2, 2, 3, 3, 3)),
+    "vgg19_bn": vgg_imagenet((2, 2, 4, 4, 4)),
 }
 
 
@@ -110,7 +123,8 @@ def test_parameter_arithmetic_matches_known_totals():
     assert EXPECTED_PARAMS == {
         "simple_cnn_v1": 1_232_775, "simple_cnn_v2": 1_232_871, "deep_cnn_v1": 1_308_327,
         "deep_cnn_v2": 892_071, "cbam_cnn": 325_312, "resnet18": 11_171_271,
-        "resnet34": 21_279_431, "vgg_fer": 10_462_535}
+        "resnet34": 21_279_431, "vgg_fer": 10_462_535,
+        "vgg16_bn": 14_723_136 + dense(512, 7), "vgg19_bn": 20_035_392 + dense(512, 7)}
     # torchvision's resnet18 (11,689,512 for 3-channel 7x7 stem and 1000 classes) with a
     # 1-channel 3x3 stem and a 7-class head.
     torchvision_resnet18 = 11_689_512
@@ -160,6 +174,8 @@ SMALL = {
     "resnet18": {"width": 8},
     "resnet34": {"width": 4},
     "vgg_fer": {"widths": (4, 8, 8, 8), "dense_width": 16},
+    "vgg16_bn": {"widths": (4, 8, 8, 8, 8)},
+    "vgg19_bn": {"widths": (4, 8, 8, 8, 8), "head": "classifier", "classifier_width": 16},
 }
 
 
@@ -350,7 +366,7 @@ def test_bn_axis_name_gives_global_batch_statistics_under_vmap():
 # --- registry -----------------------------------------------------------------------------
 def test_model_names():
     assert MODEL_NAMES == ("simple_cnn_v1", "simple_cnn_v2", "deep_cnn_v1", "deep_cnn_v2",
-                           "cbam_cnn", "resnet18", "resnet34", "vgg_fer")
+                           "cbam_cnn", "resnet18", "resnet34", "vgg_fer", "vgg16_bn", "vgg19_bn")
 
 
 def test_unknown_model_lists_valid_names():

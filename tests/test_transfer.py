@@ -5,8 +5,6 @@ random weights here, so nothing is downloaded; those tests skip without PyTorch.
 """
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -411,8 +409,8 @@ def test_convert_command_writes_a_checkpoint_that_loads(weight_files, tmp_path, 
     assert "transfer.init_from=" in capsys.readouterr().out
     from_pth = convert.read_pretrained(path, "resnet18")
     from_dir = convert.read_pretrained(out, "resnet18")
-    chex_equal = jax.tree.map(np.array_equal, from_pth, from_dir)
-    assert all(jax.tree.leaves(chex_equal))
+    same = jax.tree.map(np.array_equal, from_pth, from_dir)
+    assert all(jax.tree.leaves(same)) and len(jax.tree.leaves(same)) == 102
     with pytest.raises(DataError, match="holds resnet18 weights, not resnet34"):
         convert.read_pretrained(out, "resnet34")
 
@@ -541,6 +539,19 @@ def test_warmup_ramps_the_learning_rate():
         updates, state = update(grads, state, params)
         steps.append(float(jnp.max(jnp.abs(updates["logits"]["kernel"]))))
     np.testing.assert_allclose(steps, [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2], rtol=1e-3)
+
+
+def test_transfer_model_kwargs_follow_the_grey_strategy_and_size():
+    config = _transfer_config(gray_to_rgb="repeat", input_size=96)
+    config.model = "vgg16_bn"
+    assert finetune.transfer_model_kwargs(config) == {"num_input_channels": 3, "input_size": 96}
+    config.transfer.update(gray_to_rgb="sum", input_size=48)
+    assert finetune.transfer_model_kwargs(config) == {"num_input_channels": 1}
+    config.model = "simple_cnn_v1"
+    assert finetune.transfer_model_kwargs(config) == {}
+    config.transfer.init_from = "weights.pth"
+    with pytest.raises(UserError, match="needs a model with ImageNet weights"):
+        finetune.check_transfer_config(config)
 
 
 def test_unknown_freeze_names_are_refused():

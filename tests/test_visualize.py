@@ -96,7 +96,8 @@ def test_gradcam_matches_the_closed_form_on_a_known_model():
     variables = model.init(jax.random.key(0), x, train=False)
     layer = find_feature_layer(model, variables)
     assert layer == ("features",)
-    cams = np.asarray(gradcam(model, variables, x, jnp.array([0, 1]), layer=layer))
+    with jax.default_matmul_precision("float32"):  # no TF32 on GPUs: the tolerance is tight
+        cams = np.asarray(gradcam(model, variables, x, jnp.array([0, 1]), layer=layer))
     assert cams.shape == (2, 48, 48)
     np.testing.assert_allclose(cams[0], image / image.max(), atol=1e-5)
     inverse = 1.0 - image
@@ -141,11 +142,12 @@ def test_gradcam_on_a_registered_model_is_bounded_and_per_example():
     x = jax.random.normal(jax.random.key(1), (3, 48, 48, 1))
     variables = model.init(jax.random.key(0), x, train=False)
     layer = find_feature_layer(model, variables)
-    cams = np.asarray(gradcam(model, variables, x, jnp.array([0, 3, 6]), layer=layer))
+    fn = jitted_gradcam(model, layer)
+    cams = np.asarray(fn(variables, x, jnp.array([0, 3, 6])))
     assert cams.shape == (3, 48, 48) and np.isfinite(cams).all()
     assert cams.min() >= 0.0 and cams.max() <= 1.0
     # one example's map does not depend on which other faces share its batch
-    alone = np.asarray(gradcam(model, variables, x[1:2], jnp.array([3]), layer=layer))
+    alone = np.asarray(fn(variables, x[1:2], jnp.array([3])))
     np.testing.assert_allclose(alone[0], cams[1], atol=1e-5)
 
 
@@ -216,3 +218,20 @@ def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, fer_sample_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "not a fer_jax checkpoint" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_spatial_attention_gives_each_cbam_stage_and_nothing_for_other_models():
+    images = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    norm = {"mean": 0.5, "std": 0.25}
+    model = get_model("cbam_cnn", widths=(4, 4, 4), dense_width=8)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)
+    in_twos = visualize.spatial_attention(model, variables, norm, images, batch_size=2)
+    assert [(name, maps.shape) for name, maps in in_twos] == [
+        ("cbam_0/spatial", (5, 48, 48)), ("cbam_1/spatial", (5, 24, 24)), ("cbam_2/spatial", (5, 12, 12))]
+    at_once = visualize.spatial_attention(model, variables, norm, images, batch_size=8)
+    for (_, a), (_, b) in zip(in_twos, at_once):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        assert 0.0 < a.min() and a.max() < 1.0  # sigmoid outputs
+    plain = get_model("simple_cnn_v1", widths=(4, 4), dense_width=8)
+    assert visualize.spatial_attention(plain, plain.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False),
+                                       norm, images) == []

@@ -10,9 +10,10 @@ from fer_jax.models import get_model
 
 def build_model(config, *, bn_axis_name: str | None = None):
     """The config's model; the compute dtype and widths come from the config."""
+    from fer_jax.transfer.finetune import transfer_model_kwargs
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-    return get_model(config.model, dtype=dtype, bn_axis_name=bn_axis_name,
-                     **dict(config.model_kwargs))
+    kwargs = {**transfer_model_kwargs(config), **dict(config.model_kwargs)}
+    return get_model(config.model, dtype=dtype, bn_axis_name=bn_axis_name, **kwargs)
 
 
 def normalize_images(images: np.ndarray, norm: dict) -> np.ndarray:

@@ -26,6 +26,7 @@ from fer_jax.engine.parallel import DATA_AXIS, StepRunner
 from fer_jax.engine.step import TrainState, init_state, make_step_fns
 from fer_jax.engine.wandb_logger import RunLogger
 from fer_jax.errors import UserError
+from fer_jax.transfer import finetune
 
 # Config keys that may change between a run and its resumption (they do not change
 # what the run computes up to the point where it stopped).
@@ -147,7 +148,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     augment = pipeline.AugmentConfig.from_mapping(config.augment)
 
     model = build_model(config, bn_axis_name=DATA_AXIS)
-    tx = optim.make_optimizer(config)
+    pretrained = bool(config.transfer.init_from)
+    if config.transfer.freeze and not pretrained:
+        raise UserError("transfer.freeze is set but transfer.init_from is empty: there are no "
+                        "pretrained weights to keep frozen")
+    tx = finetune.make_finetune_optimizer(config) if pretrained else optim.make_optimizer(config)
     plateau = optim.make_plateau(config)
     state = init_state(config, model, tx, plateau)
 
@@ -158,6 +163,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             "history": [], "synthetic": prepared.synthetic, "notice": prepared.notice,
             "train_seconds": 0.0}
     checkpoints = RunCheckpoints(workdir, keep_latest=config.checkpoint.keep_latest)
+    if pretrained and checkpoints.latest_step() is None:  # a resumed run has them already
+        loaded = finetune.load_pretrained(
+            state.variables, config.transfer.init_from, finetune.pretrained_arch(config),
+            config.transfer.gray_to_rgb,
+            pixel_norm=norm if config.transfer.imagenet_normalization else None,
+            log=(lambda msg: print(msg, file=sys.stderr)) if is_main else None)
+        state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
     if checkpoints.latest_step() is not None:
         saved = checkpoints.latest_meta()
         if saved.get("data", {}).get("fingerprint") != prepared.identity["fingerprint"]:
@@ -176,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             print(f"resuming from step {int(state.step)} (epoch {meta['epoch'] + 1}, "
                   f"batch {meta['batch_in_epoch']})", file=sys.stderr)
 
-    train_fn, eval_fn = make_step_fns(model.apply, tx, class_weights, config.label_smoothing)
+    apply_fn = finetune.frozen_bn_apply(model.apply, config.transfer.freeze) if pretrained else model.apply
+    train_fn, eval_fn = make_step_fns(apply_fn, tx, class_weights, config.label_smoothing)
     runner = StepRunner(train_fn, eval_fn, config.parallel)
     device_state = runner.to_devices(state)
     rng = jax.random.PRNGKey(config.seed)

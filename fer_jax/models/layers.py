@@ -79,3 +79,11 @@ def spatial_dropout(rate: float, name: str | None = None) -> nn.Dropout:
 def logits_head(num_classes: int, dtype: Any, x: jax.Array, name: str = "logits") -> jax.Array:
     """Final Dense; logits are float32 whatever the compute dtype (stable softmax/loss)."""
     return nn.Dense(num_classes, dtype=dtype, name=name)(x).astype(jnp.float32)
+
+
+def resize_input(x: jax.Array, size: int) -> jax.Array:
+    """Bilinear resize of (B, H, W, C) to size x size (half-pixel centres, as PyTorch's
+    align_corners=False); size 0 leaves the input as it is."""
+    if not size or x.shape[1:3] == (size, size):
+        return x
+    return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")

@@ -14,6 +14,7 @@ from fer_jax.models.deep_cnn import DeepCNN
 from fer_jax.models.resnet import RESNET18_STAGES, RESNET34_STAGES, STEMS, ResNet
 from fer_jax.models.simple_cnn import SimpleCNN
 from fer_jax.models.vgg import VGGFer
+from fer_jax.models.vgg_imagenet import HEADS, VGG16_STAGES, VGG19_STAGES, VGGImageNet
 
 # name -> (module class, the attributes that make it this study's architecture)
 _SPECS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = {
@@ -28,9 +29,15 @@ _SPECS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = {
     "resnet18": (ResNet, {"stage_sizes": RESNET18_STAGES}),
     "resnet34": (ResNet, {"stage_sizes": RESNET34_STAGES}),
     "vgg_fer": (VGGFer, {}),
+    # torchvision's layouts, for converted ImageNet weights (fer_jax.transfer).
+    "vgg16_bn": (VGGImageNet, {"stage_sizes": VGG16_STAGES}),
+    "vgg19_bn": (VGGImageNet, {"stage_sizes": VGG19_STAGES}),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_SPECS)
+# The seed study's architectures (what the benchmark compares with PyTorch); the rest
+# exist to take converted ImageNet weights.
+STUDY_MODEL_NAMES: tuple[str, ...] = MODEL_NAMES[:MODEL_NAMES.index("vgg_fer") + 1]
 
 _FLAX_INTERNAL_FIELDS = ("parent", "name")
 
@@ -99,6 +106,18 @@ def _stem(value: Any) -> str:
     return value
 
 
+def _head(value: Any) -> str:
+    if value not in HEADS:
+        raise ValueError(f"expected one of {', '.join(HEADS)}")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError("expected an integer >= 0")
+    return int(value)
+
+
 def _input_channels(value: Any) -> int:
     if _positive_int(value) not in (1, 3):
         raise ValueError("expected 1 (grey) or 3 (grey repeated to RGB)")
@@ -130,4 +149,7 @@ _CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "batch_norm": _flag,
     "stem": _stem,
     "num_input_channels": _input_channels,
+    "head": _head,
+    "classifier_width": _positive_int,
+    "input_size": _non_negative_int,
 }

@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fer_jax.models.layers import ConvBNReLU, batch_norm, conv, global_avg_pool, logits_head
+from fer_jax.models.layers import (ConvBNReLU, batch_norm, conv, global_avg_pool, logits_head,
+                                   resize_input)
 
 STEMS = ("cifar", "imagenet")
 RESNET18_STAGES = (2, 2, 2, 2)
@@ -52,10 +53,11 @@ class ResNet(nn.Module):
     width: int = 64
     stem: str = "cifar"
     num_input_channels: int = 1
+    input_size: int = 0  # > 0: inputs are resized to this size first (e.g. 96 for ImageNet weights)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self._match_channels(x).astype(self.dtype)
+        x = self._match_channels(resize_input(x, self.input_size)).astype(self.dtype)
         if self.stem == "cifar":
             x = ConvBNReLU(self.width, 3, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                            name="stem")(x, train)

@@ -16,21 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.models.layers import batch_norm, conv_kernel_init, global_avg_pool, logits_head, max_pool2
+from fer_jax.models.layers import (batch_norm, conv_kernel_init, global_avg_pool, logits_head,
+                                   max_pool2, resize_input)
 
 VGG16_STAGES = (2, 2, 3, 3, 3)
 VGG19_STAGES = (2, 2, 4, 4, 4)
 IMAGENET_WIDTHS = (64, 128, 256, 512, 512)
 CLASSIFIER_POOL = 7  # torchvision's AdaptiveAvgPool2d((7, 7)) before the classifier
 HEADS = ("gap", "classifier")
-
-
-def resize_input(x: jax.Array, size: int) -> jax.Array:
-    """Bilinear resize of (B, H, W, C) to size x size (half-pixel centres, as PyTorch's
-    align_corners=False); size 0 leaves the input as it is."""
-    if not size or x.shape[1:3] == (size, size):
-        return x
-    return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
 
 
 def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:

@@ -17,10 +17,10 @@ import pathlib
 from typing import Any, Iterable, Mapping
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from fer_jax.errors import DataError, UserError
 from fer_jax.models.resnet import RESNET18_STAGES, RESNET34_STAGES, ResNet

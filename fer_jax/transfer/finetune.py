@@ -11,12 +11,13 @@ import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
+from fer_jax.data.types import IMAGE_SIZE
 from fer_jax.errors import UserError
 from fer_jax.transfer import convert
 
@@ -80,9 +81,28 @@ def check_transfer_config(config) -> None:
         raise UserError(f"transfer.warmup_steps must be a whole number >= 0, got {t.warmup_steps!r}")
     if isinstance(t.input_size, bool) or int(t.input_size) != t.input_size or t.input_size < 0:
         raise UserError(f"transfer.input_size must be a whole number >= 0, got {t.input_size!r}")
-    if t.init_from and config.model not in convert.ARCHITECTURES:
+    if t.init_from and pretrained_arch(config) not in convert.ARCHITECTURES:
         raise UserError(f"transfer.init_from needs a model with ImageNet weights "
-                        f"({', '.join(convert.ARCHITECTURES)}), not {config.model!r}")
+                        f"({', '.join(convert.ARCHITECTURES)}), not {pretrained_arch(config)!r}; "
+                        "set model (or transfer.arch) to one of them")
+
+
+def pretrained_arch(config) -> str:
+    """The torchvision architecture of transfer.init_from: transfer.arch, else the model's name."""
+    return config.transfer.get("arch", "") or config.model
+
+
+def transfer_model_kwargs(config) -> dict:
+    """Model attributes the transfer settings imply for an ImageNet architecture (pretrained
+    or not, so a from-scratch baseline is the same network); config.model_kwargs should
+    be merged over them. Other models get none."""
+    if pretrained_arch(config) not in convert.ARCHITECTURES:
+        return {}
+    t = config.transfer
+    kwargs = {"num_input_channels": 1 if t.gray_to_rgb == "sum" else 3}
+    if t.input_size and t.input_size != IMAGE_SIZE:
+        kwargs["input_size"] = int(t.input_size)
+    return kwargs
 
 
 def warmup_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:

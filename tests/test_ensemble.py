@@ -1,0 +1,136 @@
+"""Ensemble averaging, test-time augmentation and the ensemble command on tiny checkpoints."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+import numpy as np
+import pytest
+
+from fer_jax import ensemble, evaluate
+from fer_jax.data.cache import load_fer_cached
+from fer_jax.errors import run_cli
+
+
+def tiny_checkpoint(tmp_path_factory, data_path, experiment: str, model_kwargs: dict) -> pathlib.Path:
+    """A run of two training steps, trained once per session (shared with test_visualize.py)."""
+    from fer_jax.config import load_experiment
+    from fer_jax.data.source import prepare_data
+    from fer_jax.engine.trainer import train_and_evaluate
+
+    workdir = tmp_path_factory.getbasetemp() / f"fer_jax_tiny_{experiment}"
+    if not (workdir / "summary.json").exists():
+        config = load_experiment(experiment)
+        config.max_train_steps = 2
+        config.batch_size = 32
+        config.wandb.mode = "disabled"
+        config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
+        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(data_path)), progress=False)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def cbam_run(tmp_path_factory, fer_sample_path):
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "cbam", {"widths": (8, 16, 16), "dense_width": 32})
+
+
+@pytest.fixture(scope="session")
+def simple_run(tmp_path_factory, fer_sample_path):
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "simple_cnn_v1",
+                           {"widths": (8, 16), "dense_width": 32})
+
+
+@pytest.fixture(scope="module")
+def public_test(fer_sample_path):
+    data = load_fer_cached(fer_sample_path)
+    return data.split("PublicTest")
+
+
+def test_ensemble_probabilities_is_the_weighted_mean():
+    a = np.array([[0.7, 0.3], [0.2, 0.8]])
+    b = np.array([[0.1, 0.9], [0.6, 0.4]])
+    np.testing.assert_allclose(ensemble.ensemble_probabilities([a, b]), [[0.4, 0.6], [0.4, 0.6]], atol=1e-7)
+    np.testing.assert_allclose(ensemble.ensemble_probabilities([a, b], weights=[3, 1]),
+                               [[0.55, 0.45], [0.3, 0.7]], atol=1e-7)
+    np.testing.assert_allclose(ensemble.ensemble_probabilities([a]), a, atol=1e-7)
+    for weights in ([1.0], [-1.0, 2.0], [0.0, 0.0]):
+        with pytest.raises(ValueError):
+            ensemble.ensemble_probabilities([a, b], weights=weights)
+    with pytest.raises(ValueError):
+        ensemble.ensemble_probabilities([a, b[:1]])
+    with pytest.raises(ValueError):
+        ensemble.ensemble_probabilities([])
+
+
+def test_shifted_moves_the_image_and_repeats_the_edge():
+    image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
+    down_right = ensemble.shifted(image, 1, 1)[0]
+    np.testing.assert_array_equal(down_right[1:, 1:], image[0, :3, :3])
+    np.testing.assert_array_equal(down_right[0], [0, 0, 1, 2])  # the top row repeats row 0
+    up_left = ensemble.shifted(image, -1, -1)[0]
+    np.testing.assert_array_equal(up_left[:3, :3], image[0, 1:, 1:])
+    np.testing.assert_array_equal(up_left[3], [13, 14, 15, 15])
+
+
+def test_tta_views():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    assert len(ensemble.tta_views(images, "none")) == 1
+    flip = ensemble.tta_views(images, "flip")
+    np.testing.assert_array_equal(flip[1], images[:, :, ::-1])
+    crops = ensemble.tta_views(images, "flip_crops")
+    assert len(crops) == 10 and all(v.shape == images.shape and v.dtype == np.uint8 for v in crops)
+    np.testing.assert_array_equal(crops[0], images)
+    np.testing.assert_array_equal(crops[5], images[:, :, ::-1])
+    assert len({v.tobytes() for v in crops}) == 10
+
+
+def test_flip_tta_of_a_mirror_symmetric_face_changes_nothing(simple_run, public_test):
+    faces = public_test.images[:16].astype(np.float32)
+    symmetric = ((faces + faces[:, :, ::-1]) / 2).astype(np.uint8)
+    plain = ensemble.member_probabilities(simple_run, symmetric, "none")
+    flipped = ensemble.member_probabilities(simple_run, symmetric, "flip")
+    np.testing.assert_allclose(flipped, plain, atol=1e-6)
+    # ... while on ordinary faces the mirror image does change the model's output
+    assert not np.allclose(ensemble.member_probabilities(simple_run, public_test.images[:16], "flip"),
+                           ensemble.member_probabilities(simple_run, public_test.images[:16], "none"),
+                           atol=1e-6)
+
+
+def test_command_reports_members_and_ensemble(simple_run, cbam_run, fer_sample_path, public_test,
+                                              tmp_path, capsys):
+    out = tmp_path / "report"
+    assert ensemble.main(["--checkpoints", str(simple_run), str(cbam_run), "--data", str(fer_sample_path),
+                          "--tta", "flip", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("accuracy: ")
+    members = [ensemble.member_probabilities(run, public_test.images, "flip") for run in (simple_run, cbam_run)]
+    expected = (ensemble.ensemble_probabilities(members).argmax(-1) == public_test.labels).mean()
+    assert lines[0] == f"accuracy: {expected:.4f}"
+    for run, probs in zip((simple_run, cbam_run), members):
+        row = next(line for line in lines if line.startswith(f"{run} ("))
+        assert row.split()[-2] == f"{(probs.argmax(-1) == public_test.labels).mean():.4f}"
+    assert any(line.startswith("ensemble of 2 (tta=flip)") for line in lines)
+
+    report = json.loads((out / "metrics.json").read_text())
+    assert [m["model"] for m in report["members"]] == ["simple_cnn_v1", "cbam_cnn"]
+    assert report["ensemble"]["accuracy"] == pytest.approx(expected)
+    assert np.array(report["ensemble"]["confusion_matrix"]).sum() == len(public_test)
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_member_ensemble_equals_evaluate(simple_run, fer_sample_path, capsys):
+    assert evaluate.main(["--checkpoint", str(simple_run), "--data", str(fer_sample_path)]) == 0
+    evaluated = capsys.readouterr().out.splitlines()
+    assert ensemble.main(["--checkpoints", str(simple_run), "--data", str(fer_sample_path)]) == 0
+    ensembled = capsys.readouterr().out.splitlines()
+    assert ensembled[:2] == evaluated[:2]  # accuracy and macro_f1 lines
+
+
+def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, fer_sample_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(ensemble.main, ["--checkpoints", str(tmp_path / "nowhere"), "--data", str(fer_sample_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "nowhere" in err[0]
