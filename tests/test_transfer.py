@@ -635,3 +635,27 @@ def test_transfer_experiments_load(name, model):
     config = load_experiment(name)
     assert config.model == model and config.transfer.imagenet_normalization
     finetune.check_transfer_config(config)
+
+
+def test_train_command_fine_tunes_from_a_torchvision_file(torch, weight_files, fer_sample_path, tmp_path):
+    """End to end: experiments/resnet_transfer with --set transfer.init_from=FILE."""
+    from fer_jax import config as config_lib
+    from fer_jax.data.source import prepare_data
+    from fer_jax.engine.checkpoint import resolve_checkpoint, restore_variables
+    from fer_jax.engine.trainer import train_and_evaluate
+
+    weights = weight_files["resnet18"][1]
+    config = config_lib.apply_overrides(config_lib.load_experiment("resnet_transfer"), [
+        f"transfer.init_from={weights}", "transfer.input_size=48", "transfer.freeze=('stem','stage1')",
+        "max_train_steps=2", "batch_size=16", "wandb.mode=disabled", "transfer.warmup_steps=2"])
+    prepared = prepare_data(config.data, str(fer_sample_path))
+    summary = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    assert summary["steps"] == 2
+    trained = traverse_util.flatten_dict(restore_variables(resolve_checkpoint(tmp_path))["params"], sep="/")
+    pretrained = traverse_util.flatten_dict(convert.read_pretrained(str(weights), "resnet18")["params"], sep="/")
+    frozen = [k for k in trained if k.startswith("stage1_")]
+    moving = [k for k in trained if k.startswith("stage4_")]
+    assert frozen and moving
+    for key in frozen:  # the frozen stage kept the converted weights exactly
+        np.testing.assert_array_equal(trained[key], pretrained[key], err_msg=key)
+    assert max(float(np.abs(trained[k] - pretrained[k]).max()) for k in moving) > 0

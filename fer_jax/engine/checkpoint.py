@@ -10,6 +10,7 @@ of its own. Saves are asynchronous; `wait` must be called before exit or restore
 """
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
@@ -42,7 +43,9 @@ def _manager(directory: pathlib.Path, *, max_to_keep: int, best: bool, read_only
 
 
 def _to_numpy(tree: Any) -> Any:
-    return jax.tree.map(np.asarray, tree)
+    # A copy: on the CPU a fetched array may share memory with a device buffer that the
+    # next (donating) train step overwrites while the async save is still writing it.
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
 class RunCheckpoints:
@@ -55,8 +58,10 @@ class RunCheckpoints:
 
     @staticmethod
     def _args(variables, train, meta):
+        # Saves finish in a background thread while training goes on and changes META
+        # (its position in the epoch above all): hand Orbax a snapshot, not the live dict.
         items = {"variables": ocp.args.StandardSave(_to_numpy(variables)),
-                 "meta": ocp.args.JsonSave(meta)}
+                 "meta": ocp.args.JsonSave(json.loads(json.dumps(meta)))}
         if train is not None:
             items["train"] = ocp.args.StandardSave(_to_numpy(train))
         return ocp.args.Composite(**items)
