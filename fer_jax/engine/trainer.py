@@ -113,6 +113,43 @@ def _sample_predictions(config, state_vars, prepared: PreparedData, norm: dict, 
             "predictions": probs.argmax(-1), "confidence": probs.max(-1)}
 
 
+def _log_best_to_wandb(logger: RunLogger, config, best_dir: pathlib.Path, prepared: PreparedData,
+                       norm: dict, summary: dict, step: int) -> None:
+    """The best checkpoint's confusion matrix, sample predictions and the checkpoint itself."""
+    from fer_jax.engine.checkpoint import read_meta, restore_variables
+    samples = _sample_predictions(config, restore_variables(best_dir), prepared, norm,
+                                  config.wandb.num_sample_predictions)
+    confusion = np.array(read_meta(best_dir)["val_metrics"]["confusion_matrix"])
+    logger.log_final(confusion=confusion, samples=samples, best_dir=str(best_dir),
+                     summary={k: v for k, v in summary.items() if k != "history"}, step=step)
+
+
+def _resume(checkpoints: RunCheckpoints, state: TrainState, meta: dict, data_identity: dict,
+            workdir: pathlib.Path, *, announce: bool) -> TrainState:
+    """The latest checkpoint's state; META takes its position and history.
+
+    The saved metadata is checked first, so a workdir of another run is refused before
+    any array is read.
+    """
+    saved = checkpoints.latest_meta()
+    if saved.get("data", {}).get("fingerprint") != data_identity["fingerprint"]:
+        raise UserError(f"{workdir}: holds a run on other data ({saved.get('data')}); "
+                        "use another --workdir")
+    config_dict = meta["config"]
+    if _identity_config(saved["config"]) != _identity_config(config_dict):
+        changed = sorted(k for k in set(saved["config"]) | set(config_dict)
+                         if k not in RESUMABLE_CHANGES and saved["config"].get(k) != config_dict.get(k))
+        raise UserError(f"{workdir}: holds a run with a different config (keys {', '.join(changed)}); "
+                        "use another --workdir or the same settings")
+    variables, train, saved = checkpoints.restore_latest(*_split_state(state))
+    meta.update({k: v for k, v in saved.items() if k != "config"})
+    state = _join_state(variables, train)
+    if announce:
+        print(f"resuming from step {int(state.step)} (epoch {meta['epoch'] + 1}, "
+              f"batch {meta['batch_in_epoch']})", file=sys.stderr)
+    return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                        data_path: str | None = None, prepared: PreparedData | None = None,
                        progress: bool = True) -> dict:
@@ -171,22 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             log=(lambda msg: print(msg, file=sys.stderr)) if is_main else None)
         state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
     if checkpoints.latest_step() is not None:
-        saved = checkpoints.latest_meta()
-        if saved.get("data", {}).get("fingerprint") != prepared.identity["fingerprint"]:
-            raise UserError(f"{workdir}: holds a run on other data ({saved.get('data')}); "
-                            "use another --workdir")
-        if _identity_config(saved["config"]) != _identity_config(config_dict):
-            changed = sorted(k for k in set(saved["config"]) | set(config_dict)
-                             if k not in RESUMABLE_CHANGES and saved["config"].get(k) != config_dict.get(k))
-            raise UserError(f"{workdir}: holds a run with a different config (keys {', '.join(changed)}); "
-                            "use another --workdir or the same settings")
-        variables, train, saved = checkpoints.restore_latest(*_split_state(state))
-        state = _join_state(variables, train)
-        meta.update({k: v for k, v in saved.items() if k not in ("config",)})
-        meta["config"] = config_dict
-        if is_main:
-            print(f"resuming from step {int(state.step)} (epoch {meta['epoch'] + 1}, "
-                  f"batch {meta['batch_in_epoch']})", file=sys.stderr)
+        state = _resume(checkpoints, state, meta, prepared.identity, workdir, announce=is_main)
 
     apply_fn = finetune.frozen_bn_apply(model.apply, config.transfer.freeze) if pretrained else model.apply
     train_fn, eval_fn = make_step_fns(apply_fn, tx, class_weights, config.label_smoothing)
@@ -362,20 +384,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         summary["notice"] = prepared.notice
     if is_main:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if logger.active:
-            final_val = validate(device_state) if best is None else None
-            best_meta_val = None
-            if best_dir is not None:
-                from fer_jax.engine.checkpoint import read_meta, restore_variables
-                best_meta_val = read_meta(best_dir).get("val_metrics")
-                samples = _sample_predictions(config, restore_variables(best_dir), prepared, norm,
-                                              config.wandb.num_sample_predictions)
-            else:
-                samples = None
-            confusion = np.array((best_meta_val or final_val)["confusion_matrix"])
-            logger.log_final(confusion=confusion, samples=samples,
-                             best_dir=str(best_dir) if best_dir else None,
-                             summary={k: v for k, v in summary.items() if k != "history"}, step=step)
+        if logger.active and best_dir is not None:
+            _log_best_to_wandb(logger, config, best_dir, prepared, norm, summary, step)
     logger.finish()
     checkpoints.close()
     return summary
