@@ -60,6 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
         init_from="", arch="", gray_to_rgb="sum", input_size=48, freeze=(), backbone_lr_scale=0.1,
         warmup_steps=0, imagenet_normalization=False))
 
+    # An ensemble experiment names member experiments: each is trained in turn (resuming
+    # any already trained) under WORKDIR/members/NAME, then all are evaluated together.
+    c.ensemble = ml_collections.ConfigDict(dict(members=(), tta="flip"))
+
     c.checkpoint = ml_collections.ConfigDict(dict(keep_latest=2, every_steps=500))
     c.log_every_steps = 20
     c.parallel = "jit"  # "jit" (jit + shard_map over a mesh) or "pmap"
@@ -107,14 +111,26 @@ def _parse_value(key: str, text: str, current):
         if isinstance(current, str):
             return text
         if isinstance(current, (tuple, list)):
-            value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
-            value = tuple(value)
-            if current and any(not isinstance(v, (int, float)) for v in value):
-                raise ValueError
-            return kind(value)
+            return kind(_parse_sequence(text, current))
     except (ValueError, SyntaxError):
         pass
     raise UserError(f"--set {key}={text}: expected a value of type {kind.__name__}")
+
+
+def _parse_sequence(text: str, current) -> tuple:
+    """A tuple from Python syntax or comma-separated items, elements typed like CURRENT's."""
+    strings = bool(current) and all(isinstance(v, str) for v in current)
+    try:
+        value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
+    except (ValueError, SyntaxError):
+        if not (strings or not current):
+            raise
+        value = [item.strip() for item in text.split(",") if item.strip()]
+    value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    wanted = (str,) if strings else (int, float) if current else (int, float, str)
+    if any(isinstance(v, bool) or not isinstance(v, wanted) for v in value):
+        raise ValueError
+    return value
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:

@@ -37,6 +37,14 @@ def main(argv=None) -> int:
     config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), args.overrides)
     workdir = args.workdir or f"runs/{config.experiment}"
 
+    if config.ensemble.members:
+        from fer_jax.engine.ensemble_training import train_ensemble
+        summary = train_ensemble(config, workdir, overrides=args.overrides, data_path=args.data,
+                                 progress=not args.no_progress)
+        print(f"ensemble validation accuracy: {summary['best_val_accuracy']:.4f} "
+              f"({len(summary['members'])} members, tta={summary['tta']})")
+        print(f"member checkpoints: {summary['best_checkpoint']}")
+        return 0
     from fer_jax.engine.trainer import train_and_evaluate
     summary = train_and_evaluate(config, workdir, data_path=args.data, progress=not args.no_progress)
     if summary["best_val_accuracy"] is not None:

@@ -48,13 +48,25 @@ def generated_fer_arrays(n_per_class_split: int = 6, seed: int = 0):
     return images, labels, np.array(usage)
 
 
+# The shared sample's shape: 1,152 Training and 303 PublicTest rows, no PrivateTest.
+SAMPLE_SPLIT_SIZES = (1152, 303)
+
+
+def generated_sample(path: pathlib.Path) -> pathlib.Path:
+    """A stand-in for the shared sample when ../shared is absent: the same size and splits,
+    with learnable synthetic faces (so training tests still learn) in FER's proportions."""
+    from fer_jax.data.synthetic import make_synthetic
+    n = sum(SAMPLE_SPLIT_SIZES)
+    data = make_synthetic(n, seed=0, usage_fractions=(SAMPLE_SPLIT_SIZES[0] / n, SAMPLE_SPLIT_SIZES[1] / n, 0.0))
+    return write_kaggle_csv(path, data.images, data.labels, data.usage)
+
+
 @pytest.fixture(scope="session")
 def fer_sample_path(tmp_path_factory) -> pathlib.Path:
-    """The shared stratified sample, or a generated file of the same format."""
+    """The shared stratified sample, or a generated file of the same format and shape."""
     if SHARED_SAMPLE.exists():
         return SHARED_SAMPLE
-    path = tmp_path_factory.mktemp("fer") / "fer2013_sample.csv.gz"
-    return write_kaggle_csv(path, *generated_fer_arrays())
+    return generated_sample(tmp_path_factory.mktemp("fer") / "fer2013_sample.csv.gz")
 
 
 @pytest.fixture(scope="session")

@@ -214,3 +214,20 @@ def test_a_few_hundred_steps_on_real_data_learn_more_than_the_majority_class(pre
     validation = prepared.splits.validation
     majority = np.bincount(validation.labels).max() / len(validation)
     assert summary["best_val_accuracy"] > majority + 0.05, (summary["best_val_accuracy"], majority)
+
+
+def test_ensemble_experiment_trains_members_in_turn_and_resumes_them(fer_sample_path, tmp_path):
+    command = [sys.executable, "-m", "fer_jax.train", "--experiment=ensemble", f"--data={fer_sample_path}",
+               f"--workdir={tmp_path}", "--no-progress", "--set", "ensemble.members=('simple_cnn_v1','simple_cnn_v2')",
+               "--set", "max_train_steps=2", "--set", "batch_size=32", "--set", "wandb.mode=disabled",
+               "--set", "ensemble.tta=none"]
+    first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "ensemble validation accuracy:" in first.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [m["model"] for m in summary["member_results"]] == ["simple_cnn_v1", "simple_cnn_v2"]
+    assert 0 <= summary["ensemble"]["accuracy"] <= 1
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # Members already trained are resumed (nothing left to do), not trained again.
+    assert again.stderr.count("resuming from step 2") == 2
