@@ -231,3 +231,18 @@ def test_ensemble_experiment_trains_members_in_turn_and_resumes_them(fer_sample_
     assert again.returncode == 0, again.stderr[-3000:]
     # Members already trained are resumed (nothing left to do), not trained again.
     assert again.stderr.count("resuming from step 2") == 2
+
+
+def test_a_run_saved_before_new_config_keys_existed_still_resumes(prepared, tmp_path):
+    """Keys the project adds later (at their defaults) do not block resuming an older run."""
+    import orbax.checkpoint as ocp
+    train_and_evaluate(small_config(max_train_steps=1), tmp_path, prepared=prepared, progress=False)
+    meta_dir = tmp_path / "checkpoints" / "latest" / "1" / "meta"
+    meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir))
+    del meta["config"]["ensemble"]           # as if saved before the key existed
+    del meta["config"]["augment"]["fill_mode"]
+    import shutil
+    shutil.rmtree(meta_dir)
+    ocp.Checkpointer(ocp.JsonCheckpointHandler()).save(meta_dir, args=ocp.args.JsonSave(meta))
+    summary = train_and_evaluate(small_config(max_train_steps=2), tmp_path, prepared=prepared, progress=False)
+    assert summary["steps"] == 2

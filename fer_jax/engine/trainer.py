@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fer_jax import metrics as metrics_lib
+from fer_jax.config import base_config
 from fer_jax.data import pipeline
 from fer_jax.data.source import PreparedData, prepare_data
 from fer_jax.data.types import CLASS_NAMES
@@ -40,6 +41,15 @@ class TrainingDiverged(UserError):
 
 def _identity_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """SAVED with the keys it lacks taken from DEFAULTS, recursively."""
+    merged = dict(defaults)
+    for key, value in saved.items():
+        merged[key] = (_with_defaults(value, defaults[key])
+                       if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value)
+    return merged
 
 
 def _jsonable(tree: Any) -> Any:
@@ -136,9 +146,11 @@ def _resume(checkpoints: RunCheckpoints, state: TrainState, meta: dict, data_ide
         raise UserError(f"{workdir}: holds a run on other data ({saved.get('data')}); "
                         "use another --workdir")
     config_dict = meta["config"]
-    if _identity_config(saved["config"]) != _identity_config(config_dict):
-        changed = sorted(k for k in set(saved["config"]) | set(config_dict)
-                         if k not in RESUMABLE_CHANGES and saved["config"].get(k) != config_dict.get(k))
+    # Keys added to the project since the run started count as their defaults.
+    saved_config = _with_defaults(saved["config"], _jsonable(base_config().to_dict()))
+    if _identity_config(saved_config) != _identity_config(config_dict):
+        changed = sorted(k for k in set(saved_config) | set(config_dict)
+                         if k not in RESUMABLE_CHANGES and saved_config.get(k) != config_dict.get(k))
         raise UserError(f"{workdir}: holds a run with a different config (keys {', '.join(changed)}); "
                         "use another --workdir or the same settings")
     variables, train, saved = checkpoints.restore_latest(*_split_state(state))
