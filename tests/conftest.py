@@ -5,6 +5,7 @@ import gzip
 import os
 import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -75,3 +76,31 @@ def fer_public_path() -> pathlib.Path:
     if not SHARED_PUBLIC.exists():
         pytest.skip(f"{SHARED_PUBLIC} is not present")
     return SHARED_PUBLIC
+
+
+def tiny_checkpoint(tmp_path_factory, data_path, experiment: str, model_kwargs: dict) -> pathlib.Path:
+    """A run of two training steps, trained once per session (test_visualize.py and test_ensemble.py share them)."""
+    from fer_jax.config import load_experiment
+    from fer_jax.data.source import prepare_data
+    from fer_jax.engine.trainer import train_and_evaluate
+
+    workdir = tmp_path_factory.getbasetemp() / f"fer_jax_tiny_{experiment}"
+    if not (workdir / "summary.json").exists():
+        config = load_experiment(experiment)
+        config.max_train_steps = 2
+        config.batch_size = 32
+        config.wandb.mode = "disabled"
+        config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
+        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(data_path)), progress=False)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def cbam_run(tmp_path_factory, fer_sample_path):
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "cbam", {"widths": (8, 16, 16), "dense_width": 32})
+
+
+@pytest.fixture(scope="session")
+def simple_run(tmp_path_factory, fer_sample_path):
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "simple_cnn_v1",
+                           {"widths": (8, 16), "dense_width": 32})

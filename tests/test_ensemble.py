@@ -2,43 +2,13 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
-import ml_collections
 import numpy as np
 import pytest
 
 from fer_jax import ensemble, evaluate
 from fer_jax.data.cache import load_fer_cached
 from fer_jax.errors import run_cli
-
-
-def tiny_checkpoint(tmp_path_factory, data_path, experiment: str, model_kwargs: dict) -> pathlib.Path:
-    """A run of two training steps, trained once per session (shared with test_visualize.py)."""
-    from fer_jax.config import load_experiment
-    from fer_jax.data.source import prepare_data
-    from fer_jax.engine.trainer import train_and_evaluate
-
-    workdir = tmp_path_factory.getbasetemp() / f"fer_jax_tiny_{experiment}"
-    if not (workdir / "summary.json").exists():
-        config = load_experiment(experiment)
-        config.max_train_steps = 2
-        config.batch_size = 32
-        config.wandb.mode = "disabled"
-        config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
-        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(data_path)), progress=False)
-    return workdir
-
-
-@pytest.fixture(scope="session")
-def cbam_run(tmp_path_factory, fer_sample_path):
-    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "cbam", {"widths": (8, 16, 16), "dense_width": 32})
-
-
-@pytest.fixture(scope="session")
-def simple_run(tmp_path_factory, fer_sample_path):
-    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "simple_cnn_v1",
-                           {"widths": (8, 16), "dense_width": 32})
 
 
 @pytest.fixture(scope="module")

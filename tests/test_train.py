@@ -54,10 +54,9 @@ def unbroken_run(prepared, tmp_path_factory):
 
 
 def _final_variables(workdir):
-    from fer_jax.engine.checkpoint import RunCheckpoints
-    step_dir = max((p for p in glob.glob(str(workdir / "checkpoints" / "latest" / "*")) if os.path.basename(p).isdigit()), key=lambda p: int(os.path.basename(p)))
-    import pathlib
-    return restore_variables(pathlib.Path(step_dir))
+    """The variables of the run's newest resumable checkpoint."""
+    steps = [p for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit()]
+    return restore_variables(max(steps, key=lambda p: int(p.name)))
 
 
 def _assert_same_variables(a, b, atol=1e-6):

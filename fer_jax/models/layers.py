@@ -87,3 +87,14 @@ def resize_input(x: jax.Array, size: int) -> jax.Array:
     if not size or x.shape[1:3] == (size, size):
         return x
     return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
+
+
+def match_channels(x: jax.Array, num_input_channels: int) -> jax.Array:
+    """A grey (B, H, W, 1) input repeated to the channels a model expects (3 for RGB weights)."""
+    channels = x.shape[-1]
+    if channels == num_input_channels:
+        return x
+    if channels == 1:
+        return jnp.repeat(x, num_input_channels, axis=-1)
+    raise ValueError(f"input has {channels} channels; the model expects "
+                     f"{num_input_channels} (or 1, repeated)")

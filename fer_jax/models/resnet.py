@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from fer_jax.models.layers import (ConvBNReLU, batch_norm, conv, global_avg_pool, logits_head,
-                                   resize_input)
+                                   match_channels, resize_input)
 
 STEMS = ("cifar", "imagenet")
 RESNET18_STAGES = (2, 2, 2, 2)
@@ -57,7 +57,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self._match_channels(resize_input(x, self.input_size)).astype(self.dtype)
+        x = match_channels(resize_input(x, self.input_size), self.num_input_channels).astype(self.dtype)
         if self.stem == "cifar":
             x = ConvBNReLU(self.width, 3, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                            name="stem")(x, train)
@@ -74,12 +74,3 @@ class ResNet(nn.Module):
                                bn_axis_name=self.bn_axis_name,
                                name=f"stage{stage + 1}_block{block + 1}")(x, train)
         return logits_head(self.num_classes, self.dtype, global_avg_pool(x))
-
-    def _match_channels(self, x: jax.Array) -> jax.Array:
-        channels = x.shape[-1]
-        if channels == self.num_input_channels:
-            return x
-        if channels == 1:
-            return jnp.repeat(x, self.num_input_channels, axis=-1)
-        raise ValueError(f"input has {channels} channels; the model expects "
-                         f"{self.num_input_channels} (or 1, repeated)")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fer_jax.models.layers import (batch_norm, conv_kernel_init, global_avg_pool, logits_head,
-                                   max_pool2, resize_input)
+                                   match_channels, max_pool2, resize_input)
 
 VGG16_STAGES = (2, 2, 3, 3, 3)
 VGG19_STAGES = (2, 2, 4, 4, 4)
@@ -82,7 +82,7 @@ class VGGImageNet(nn.Module):
             raise ValueError(f"stage_sizes {self.stage_sizes} and widths {self.widths} differ in length")
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; expected one of {HEADS}")
-        x = self._match_channels(resize_input(x, self.input_size)).astype(self.dtype)
+        x = match_channels(resize_input(x, self.input_size), self.num_input_channels).astype(self.dtype)
         for stage, (num_convs, width) in enumerate(zip(self.stage_sizes, self.widths), start=1):
             for i in range(1, num_convs + 1):
                 x = ConvBiasBNReLU(width, self.dtype, self.bn_axis_name,
@@ -97,12 +97,3 @@ class VGGImageNet(nn.Module):
                 x = nn.relu(nn.Dense(self.classifier_width, dtype=self.dtype, name=name)(x))
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return logits_head(self.num_classes, self.dtype, x)
-
-    def _match_channels(self, x: jax.Array) -> jax.Array:
-        channels = x.shape[-1]
-        if channels == self.num_input_channels:
-            return x
-        if channels == 1:
-            return jnp.repeat(x, self.num_input_channels, axis=-1)
-        raise ValueError(f"input has {channels} channels; the model expects "
-                         f"{self.num_input_channels} (or 1, repeated)")
