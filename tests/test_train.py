@@ -245,3 +245,14 @@ def test_a_run_saved_before_new_config_keys_existed_still_resumes(prepared, tmp_
     ocp.Checkpointer(ocp.JsonCheckpointHandler()).save(meta_dir, args=ocp.args.JsonSave(meta))
     summary = train_and_evaluate(small_config(max_train_steps=2), tmp_path, prepared=prepared, progress=False)
     assert summary["steps"] == 2
+
+
+def test_the_trainer_under_pmap_computes_what_it_computes_under_jit(prepared, tmp_path):
+    results = {}
+    for mode in ("jit", "pmap"):
+        config = small_config(max_train_steps=6)
+        config.parallel = mode
+        summary = train_and_evaluate(config, tmp_path / mode, prepared=prepared, progress=False)
+        results[mode] = (summary, _final_variables(tmp_path / mode))
+    _assert_same_variables(results["pmap"][1], results["jit"][1], atol=1e-5)
+    assert results["pmap"][0]["history"][-1]["val_accuracy"] == results["jit"][0]["history"][-1]["val_accuracy"]

@@ -244,11 +244,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         variables, train = _split_state(runner.to_host(st))
         checkpoints.save_latest(step, variables, train, meta)
 
-    def host_metrics(step_metrics) -> dict:
-        if runner.mode == "jit":
-            return runner.to_host(step_metrics)
-        return jax.tree.map(lambda x: np.asarray(x[0]), step_metrics)
-
     def validate(st) -> dict:
         return evaluate_split(runner, st, splits.validation.images, splits.validation.labels,
                               batch_size=eval_batch, norm=norm)
@@ -290,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     tick_images += global_batch
                     bar.update(1)
                     if step % config.log_every_steps == 0 or meta["batch_in_epoch"] == steps_per_epoch:
-                        m = host_metrics(step_metrics)
+                        m = runner.to_host(step_metrics)
                         loss = float(m["loss"])
                         _check_finite(m, step, workdir)
                         last_good_loss = loss
@@ -301,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         tick, tick_images = now, 0
                     if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0 \
                             and meta["batch_in_epoch"] < steps_per_epoch:
-                        _check_finite(host_metrics(step_metrics), step, workdir)
+                        _check_finite(runner.to_host(step_metrics), step, workdir)
                         meta["train_seconds"] = train_seconds_before + time.time() - start_time
                         save_latest(device_state)
                     if (max_steps and step >= max_steps) or stop.requested:
@@ -309,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         break
                 bar.close()
                 if meta["batch_in_epoch"] and step_metrics is not None:
-                    _check_finite(host_metrics(step_metrics), step, workdir)
+                    _check_finite(runner.to_host(step_metrics), step, workdir)
                 end_of_epoch = meta["batch_in_epoch"] >= steps_per_epoch
                 if not end_of_epoch and stop.requested:
                     meta["train_seconds"] = train_seconds_before + time.time() - start_time
@@ -319,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
                 train_wall = max(time.time() - epoch_start, 1e-9)
                 val = validate(device_state)
-                train_means = ({k: float(v) / epoch_steps for k, v in host_metrics(epoch_sums).items()}
+                train_means = ({k: float(v) / epoch_steps for k, v in runner.to_host(epoch_sums).items()}
                                if epoch_steps else {"loss": None, "accuracy": None})
                 record = {"epoch": epoch + 1, "step": step, "val_loss": val["loss"],
                           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
