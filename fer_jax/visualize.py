@@ -198,20 +198,27 @@ def gradcam_mean_figure(model, variables, norm, data, correct_many, path, model_
 
     indices = np.concatenate(correct_many).astype(np.int64)
     maps, layer = gradcam_heatmaps(model, variables, norm, data.images[indices], data.labels[indices])
-    row, start = [], 0
-    for label, rows in enumerate(correct_many):
-        chunk = maps[start:start + len(rows)]
-        start += len(rows)
-        if len(rows) == 0:
+    row = []
+    for rows, mean_map in _class_mean_maps(maps, correct_many, 0):
+        if mean_map is None:
             row.append(None)
             continue
-        mean_map = chunk.mean(axis=0)
         mean_map = mean_map / mean_map.max() if mean_map.max() > 0 else mean_map
         row.append(FaceCell(data.images[rows].mean(axis=0), mean_map, f"n={len(rows)}"))
     return face_grid_figure([row], path, overlay_label="mean Grad-CAM (scaled)", col_labels=list(CLASS_NAMES),
                             empty_text="no correct\nprediction",
                             title=f"{model_name}: mean Grad-CAM ({'/'.join(layer)}) over correctly\n"
                                   "classified faces of each class, on their mean face")
+
+
+def _class_mean_maps(maps: np.ndarray, rows_per_class: list[np.ndarray], offset: int):
+    """(rows, mean of their maps) per class, the maps of each class's rows lying one after
+    another in MAPS from OFFSET on; the mean is None for a class without rows."""
+    start = offset
+    for rows in rows_per_class:
+        chunk = maps[start:start + len(rows)]
+        start += len(rows)
+        yield rows, (chunk.mean(axis=0) if len(rows) else None)
 
 
 def attention_figures(attention: list[tuple[str, np.ndarray]], data, probs, sample_rows: np.ndarray,
@@ -238,14 +245,11 @@ def attention_figures(attention: list[tuple[str, np.ndarray]], data, probs, samp
         title=f"{model_name}: CBAM spatial attention per stage (caption: map size and value range)")
     mean_grid = []
     for name, maps in attention:
-        row, start = [], mean_offset
-        for label, rows in enumerate(mean_rows):
-            chunk = maps[start:start + len(rows)]
-            start += len(rows)
-            if len(rows) == 0:
+        row = []
+        for rows, mean_map in _class_mean_maps(maps, mean_rows, mean_offset):
+            if mean_map is None:
                 row.append(None)
                 continue
-            mean_map = chunk.mean(axis=0)
             row.append(FaceCell(data.images[rows].mean(axis=0), upsample(min_max(mean_map)[None])[0],
                                 f"n={len(rows)}: {mean_map.min():.2f}-{mean_map.max():.2f}"))
         mean_grid.append(row)
