@@ -49,6 +49,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.grad_clip_norm = 0.0  # 0 disables clipping
     c.seed = 0
     c.max_train_steps = 0  # a cap on the total number of steps (smoke runs); 0 = no cap
+    # A cap on training wall-clock time, summed over resumptions (evaluation not counted);
+    # the epoch it ends in is validated as a partial epoch. 0 = no cap.
+    c.budget_minutes = 0.0
+    # The per-step learning rate: "constant", or "cosine" (linear warm-up over
+    # warmup_epochs, then cosine decay to learning_rate * final_lr_fraction at `epochs`).
+    # The plateau factor multiplies either.
+    c.lr_schedule = "constant"
+    c.warmup_epochs = 0.0
+    c.final_lr_fraction = 0.0
 
     # optax.contrib.reduce_on_plateau on the validation loss, stepped once per epoch.
     c.plateau = ml_collections.ConfigDict(dict(

@@ -1,4 +1,4 @@
-"""python -m fer_jax.evaluate [--checkpoint DIR] --data PATH [--split PublicTest|PrivateTest|all] [--out DIR]
+"""python -m fer_jax.evaluate [--checkpoint DIR] --data PATH [--split PublicTest|PrivateTest|all] [--tta MODE] [--out DIR]
 
 Restores a checkpoint (a run's workdir gives its best one) and reports accuracy,
 macro-F1, per-class precision/recall/F1 and the confusion matrix.
@@ -16,14 +16,11 @@ from fer_jax.cli_common import quiet_tensorflow
 from fer_jax.errors import UserError, run_cli
 
 SPLITS = ("PublicTest", "PrivateTest", "Training", "all")
-RELEASE_DIR = pathlib.Path(__file__).resolve().parents[1] / "release" / "final"
 
 
 def default_checkpoint() -> pathlib.Path:
-    if RELEASE_DIR.exists():
-        return RELEASE_DIR
-    raise UserError("no --checkpoint given and this repository ships no released model yet "
-                    f"(expected {RELEASE_DIR}); pass --checkpoint RUN_WORKDIR")
+    from fer_jax.release import released_checkpoint
+    return released_checkpoint()
 
 
 def load_model(checkpoint: str | pathlib.Path | None):
@@ -71,16 +68,20 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="PublicTest", choices=SPLITS)
     parser.add_argument("--out", default=None, help="write metrics.json and confusion_matrix.png here")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--tta", default="none", choices=("none", "flip", "flip_crops"),
+                        help="test-time augmentation: none, flip (2 views) or flip_crops (10 views)")
     args = parser.parse_args(argv)
     quiet_tensorflow()
 
     from fer_jax import metrics as metrics_lib
     from fer_jax.data.cache import load_fer_cached
     from fer_jax.engine.inference import Predictor
+    from fer_jax.ensemble import probabilities_with_tta
 
     config, model, variables, norm, step_dir, meta = load_model(args.checkpoint)
     data = select_split(load_fer_cached(args.data), args.split)
-    probs = Predictor(model, variables, norm, batch_size=args.batch_size).predict(data.images)
+    predictor = Predictor(model, variables, norm, batch_size=args.batch_size)
+    probs = probabilities_with_tta(predictor, data.images, args.tta)
     predictions = probs.argmax(-1)
     confusion = np.zeros((7, 7), np.int64)
     np.add.at(confusion, (data.labels, predictions), 1)
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
     print(f"macro_f1: {summary['macro_f1']:.4f}")
     print(f"examples: {summary['count']} ({args.split} of {data.source})")
     print(f"checkpoint: {step_dir}")
+    if args.tta != "none":
+        print(f"test-time augmentation: {args.tta}")
     if meta.get("synthetic"):
         print(f"note: this model was trained on synthetic data. {meta.get('notice', '')}")
     print()
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         report = {**summary, "split": args.split, "data": data.source, "data_fingerprint": data.fingerprint,
-                  "checkpoint": str(step_dir), "model": config.model}
+                  "checkpoint": str(step_dir), "model": config.model, "tta": args.tta}
         (out / "metrics.json").write_text(json.dumps(report, indent=2))
         confusion_matrix_figure(confusion, out / "confusion_matrix.png",
                                 title=f"{config.model} on {args.split} (accuracy {summary['accuracy']:.1%})")

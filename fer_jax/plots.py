@@ -89,3 +89,27 @@ def face_grid_figure(cells, path: str | pathlib.Path, *, title: str = "",
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def accuracy_curves_figure(curves: dict, path: str | pathlib.Path, *, title: str = "",
+                           targets: tuple = (), x_label: str = "wall-clock minutes") -> pathlib.Path:
+    """Validation accuracy against time, one line per run. CURVES maps a label to
+    (minutes, accuracies); TARGETS is a sequence of (minutes, accuracy, label) marks."""
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for label, (minutes, accuracies) in curves.items():
+        ax.plot(minutes, np.asarray(accuracies) * 100, marker="o", markersize=3, label=label)
+    for minutes, accuracy, label in targets:
+        ax.plot([minutes], [accuracy * 100], marker="*", markersize=12, color="black", linestyle="none")
+        ax.annotate(label, (minutes, accuracy * 100), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -13,12 +13,34 @@ import jax.numpy as jnp
 import optax
 from optax import contrib
 
+from fer_jax.errors import UserError
 
-def make_optimizer(config) -> optax.GradientTransformation:
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule | float:
+    """config.lr_schedule over the run's `epochs` (schedules count optimizer steps)."""
+    name = config.get("lr_schedule", "constant")
+    if name not in LR_SCHEDULES:
+        raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {name!r}")
+    if name == "constant":
+        return config.learning_rate
+    total = max(int(config.epochs * steps_per_epoch), 1)
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    if not 0 <= config.final_lr_fraction <= 1:
+        raise UserError(f"final_lr_fraction must lie in [0, 1], got {config.final_lr_fraction!r}")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else config.learning_rate, peak_value=config.learning_rate,
+        warmup_steps=warmup, decay_steps=total,
+        end_value=config.learning_rate * config.final_lr_fraction)
+
+
+def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
     parts = []
     if config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    parts.append(optax.adamw(learning_rate=config.learning_rate, weight_decay=config.weight_decay))
+    parts.append(optax.adamw(learning_rate=learning_rate_schedule(config, steps_per_epoch),
+                             weight_decay=config.weight_decay))
     return optax.chain(*parts)
 
 

@@ -31,7 +31,7 @@ from fer_jax.transfer import finetune
 
 # Config keys that may change between a run and its resumption (they do not change
 # what the run computes up to the point where it stopped).
-RESUMABLE_CHANGES = ("epochs", "max_train_steps", "wandb", "log_every_steps", "checkpoint",
+RESUMABLE_CHANGES = ("epochs", "max_train_steps", "budget_minutes", "wandb", "log_every_steps", "checkpoint",
                      "early_stopping_patience", "description", "parallel", "eval_batch_size")
 
 
@@ -104,6 +104,14 @@ def evaluate_split(runner: StepRunner, state, images, labels, *, batch_size: int
     summary = metrics_lib.summarize_confusion(total["confusion"])
     summary["loss"] = float(total["loss_sum"] / max(total["count"], 1))
     return summary
+
+
+def _agree(flag: bool) -> bool:
+    """FLAG as process 0 sees it, on every process."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def _check_finite(metrics: dict, step: int, workdir: pathlib.Path) -> None:
@@ -201,7 +209,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if config.transfer.freeze and not pretrained:
         raise UserError("transfer.freeze is set but transfer.init_from is empty: there are no "
                         "pretrained weights to keep frozen")
-    tx = finetune.make_finetune_optimizer(config) if pretrained else optim.make_optimizer(config)
+    steps_per_epoch = pipeline.steps_per_epoch(len(splits.train), global_batch)
+    if steps_per_epoch == 0:
+        raise UserError(f"the training split has {len(splits.train)} examples, fewer than one batch "
+                        f"of {global_batch}")
+    tx = (finetune.make_finetune_optimizer(config) if pretrained
+          else optim.make_optimizer(config, steps_per_epoch))
     plateau = optim.make_plateau(config)
     state = init_state(config, model, tx, plateau)
 
@@ -210,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             "model": config.model, "epoch": 0, "batch_in_epoch": 0,
             "best_val_accuracy": -1.0, "epochs_since_best": 0, "stopped_early": False,
             "history": [], "synthetic": prepared.synthetic, "notice": prepared.notice,
-            "train_seconds": 0.0}
+            "train_seconds": 0.0, "started_at": time.time()}
     checkpoints = RunCheckpoints(workdir, keep_latest=config.checkpoint.keep_latest)
     if pretrained and checkpoints.latest_step() is None:  # a resumed run has them already
         loaded = finetune.load_pretrained(
@@ -231,10 +244,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        tags=[config.model, prepared.identity["name"], config.wandb.experiment_type],
                        name=config.experiment or config.model, enabled=is_main)
 
-    steps_per_epoch = pipeline.steps_per_epoch(len(splits.train), global_batch)
-    if steps_per_epoch == 0:
-        raise UserError(f"the training split has {len(splits.train)} examples, fewer than one batch "
-                        f"of {global_batch}")
     step = int(state.step)
     max_steps = config.max_train_steps or None
     capped = False
@@ -250,9 +259,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     start_time = time.time()
     train_seconds_before = meta["train_seconds"]
+    budget_seconds = config.budget_minutes * 60.0
+
+    def over_budget() -> bool:
+        # Every process must stop at the same step: process 0's clock decides.
+        spent = train_seconds_before + time.time() - start_time
+        return bool(budget_seconds) and _agree(spent >= budget_seconds)
+
     try:
         with _StopRequest() as stop:
             while meta["epoch"] < config.epochs and not meta["stopped_early"]:
+                if over_budget():
+                    capped = True
+                    if is_main:
+                        print(f"training budget of {config.budget_minutes:g} minutes spent; stopped",
+                              file=sys.stderr)
+                    break
                 epoch = meta["epoch"]
                 batches = pipeline.train_batches(
                     splits.train.images, splits.train.labels, global_batch_size=global_batch,
@@ -299,7 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         _check_finite(runner.to_host(step_metrics), step, workdir)
                         meta["train_seconds"] = train_seconds_before + time.time() - start_time
                         save_latest(device_state)
-                    if (max_steps and step >= max_steps) or stop.requested:
+                    if (max_steps and step >= max_steps) or stop.requested or (
+                            step % config.log_every_steps == 0 and over_budget()):
                         capped = True
                         break
                 bar.close()
@@ -321,6 +344,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                           "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"],
                           "train_steps_this_session": epoch_steps,
                           "elapsed_seconds": train_seconds_before + time.time() - start_time,
+                          # Wall clock since the run first started (compilation, evaluation
+                          # and any pause between sessions included): time to accuracy.
+                          "wall_seconds": time.time() - meta.get("started_at", start_time),
                           "partial_epoch": not end_of_epoch,
                           # An upper bound of the stall: dispatch is asynchronous, so part of
                           # this wait overlaps the device's work on the previous step.
@@ -378,7 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     best = max(history, key=lambda h: h["val_accuracy"]) if history else None
     summary = {
         "experiment": config.experiment, "model": config.model, "data": prepared.identity,
-        "synthetic": prepared.synthetic, "steps": step, "epochs_completed": meta["epoch"],
+        "synthetic": prepared.synthetic, "steps": step, "steps_per_epoch": steps_per_epoch,
+        "epochs_completed": meta["epoch"],
         "stopped_early": meta["stopped_early"], "capped": capped,
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_epoch": best["epoch"] if best else None,

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from fer_jax.models.layers import (ConvBNReLU, batch_norm, conv, global_avg_pool, logits_head,
-                                   match_channels, resize_input)
+                                   match_channels, max_pool2, resize_input)
 
-STEMS = ("cifar", "imagenet")
+STEMS = ("cifar", "pool", "imagenet")
 RESNET18_STAGES = (2, 2, 2, 2)
 RESNET34_STAGES = (3, 4, 6, 3)
 
@@ -41,7 +41,8 @@ class ResNet(nn.Module):
     """ResNet of BasicBlocks; stage widths width*(1, 2, 4, 8), strides 1, 2, 2, 2.
 
     stem="cifar" (default, for 48x48): Conv3x3/1 + BN + ReLU, no max-pool, so the last
-    stage still sees 6x6. stem="imagenet": Conv7x7/2 + BN + ReLU + MaxPool3x3/2, the
+    stage still sees 6x6. stem="pool": the same followed by a 2x2 max-pool, a quarter of
+    the compute (stages see 24, 12, 6, 3). stem="imagenet": Conv7x7/2 + BN + ReLU + MaxPool3x3/2, the
     torchvision layout that ImageNet-pretrained weights expect; with
     num_input_channels=3 a grey (B, H, W, 1) input is repeated to three channels.
     """
@@ -61,6 +62,10 @@ class ResNet(nn.Module):
         if self.stem == "cifar":
             x = ConvBNReLU(self.width, 3, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                            name="stem")(x, train)
+        elif self.stem == "pool":
+            x = ConvBNReLU(self.width, 3, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                           name="stem")(x, train)
+            x = max_pool2(x)
         elif self.stem == "imagenet":
             x = ConvBNReLU(self.width, 7, strides=2, dtype=self.dtype,
                            bn_axis_name=self.bn_axis_name, name="stem")(x, train)

@@ -1,0 +1,237 @@
+"""python -m fer_jax.release --checkpoint RUN --data PATH [--name final] [--tta flip_crops] [--out release]
+
+Makes a released model from a run's best checkpoint: the step folder with only
+`variables` (params, batch_stats) and `meta` (config, normalization, data identity,
+history; no optimizer state), its PublicTest scores with and without test-time
+augmentation, the confusion matrix as a picture, and MODEL_CARD.md. `evaluate`,
+`visualize`, `predict` and `ExpressionPredictor()` use release/final when no
+checkpoint is given.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import platform
+import shutil
+import sys
+
+import numpy as np
+
+from fer_jax.cli_common import quiet_tensorflow
+from fer_jax.errors import UserError, run_cli
+
+DEFAULT_NAME = "final"
+MAX_RELEASE_BYTES = 50 * 1024 * 1024
+# What a release keeps of a checkpoint's metadata: enough to rebuild, normalize and explain.
+META_KEYS = ("config", "normalization", "data", "model", "epoch", "history", "synthetic", "notice",
+             "train_seconds", "val_metrics", "best_val_accuracy")
+
+
+def release_root() -> pathlib.Path:
+    """release/ of the checkout, installed as the package fer_jax.released."""
+    import fer_jax.released as released
+    return pathlib.Path(released.__file__).parent
+
+
+def released_checkpoint(name: str = DEFAULT_NAME) -> pathlib.Path:
+    """The released model NAME's folder; UserError when there is none."""
+    path = release_root() / name
+    if not (path / "variables").is_dir():
+        raise UserError(f"no --checkpoint given and there is no released model at {path}; "
+                        "pass --checkpoint RUN_WORKDIR")
+    return path
+
+
+def folder_bytes(path: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def scores(checkpoint: pathlib.Path, data, tta: str) -> dict:
+    from fer_jax import metrics as metrics_lib
+    from fer_jax.ensemble import member_probabilities
+    probs = member_probabilities(checkpoint, data.images, tta)
+    confusion = np.zeros((7, 7), np.int64)
+    np.add.at(confusion, (data.labels, probs.argmax(-1)), 1)
+    return metrics_lib.summarize_confusion(confusion)
+
+
+def _recipe_lines(config: dict) -> list[str]:
+    aug = config.get("augment", {})
+    active = {k: v for k, v in aug.items() if k != "fill_mode" and v not in (0, 0.0, [1.0, 1.0], (1.0, 1.0))}
+    lines = [
+        f"- model: `{config['model']}` {json.dumps(config.get('model_kwargs') or {})}",
+        f"- optimizer: AdamW, learning rate {config['learning_rate']:g}, weight decay "
+        f"{config['weight_decay']:g}, schedule `{config.get('lr_schedule', 'constant')}`"
+        f" (warm-up {config.get('warmup_epochs', 0):g} epochs), reduce-on-plateau "
+        f"{'on' if config['plateau']['enabled'] else 'off'}; batch {config['batch_size']}",
+        f"- epochs: {config['epochs']}, early stopping patience {config['early_stopping_patience']}",
+        f"- label smoothing {config['label_smoothing']:g}; class-weighted loss "
+        f"{config['class_weighted_loss']}; balanced sampling {config['balanced_sampling']}",
+        f"- augmentation: {json.dumps(active) if active else 'none'}",
+    ]
+    return lines
+
+
+def confused_with(summary: dict, cls: str) -> str:
+    """The two classes that faces of CLS are most often predicted as, e.g. 'sad and angry'."""
+    from fer_jax.data.types import CLASS_NAMES
+    row = list(summary["confusion_matrix"][CLASS_NAMES.index(cls)])
+    row[CLASS_NAMES.index(cls)] = -1
+    first, second = sorted(range(len(row)), key=lambda j: -row[j])[:2]
+    return f"{CLASS_NAMES[first]} and {CLASS_NAMES[second]}"
+
+
+def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: dict, tta_mode: str,
+               data_source: str, source_checkpoint: str) -> str:
+    config = meta["config"]
+    history = meta.get("history") or []
+    best = max(history, key=lambda h: h["val_accuracy"]) if history else {}
+    rows = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for cls, r in tta["per_class"].items():
+        rows.append(f"| {cls} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
+    data = meta.get("data") or {}
+    weakest = sorted(tta["per_class"], key=lambda c: tta["per_class"][c]["recall"])[:2]
+    synthetic_warning = ("\n**This model was trained on synthetic faces, not FER2013: it is for trying "
+                         "the software only.**\n" if meta.get("synthetic") else "")
+    return "\n".join([
+        f"# Model card: fer_jax `{name}`",
+        synthetic_warning,
+        f"Experiment `{config.get('experiment') or config['model']}`: {config.get('description', '')}",
+        "",
+        "## Use",
+        "```",
+        "python -m fer_jax.predict photo.jpg            # faces found by MTCNN, then classified",
+        "python -m fer_jax.evaluate --data fer2013.csv  # scores on PublicTest",
+        "```",
+        "In Python: `fer_jax.predictor.ExpressionPredictor()` (no argument: this model). Input: "
+        "48x48 grayscale faces framed as in FER2013; outputs probabilities of angry, disgust, "
+        "fear, happy, sad, surprise, neutral.",
+        "",
+        "## Data",
+        f"Trained on the FER2013 `Training` rows ({data.get('name', '?')}, fingerprint "
+        f"`{str(data.get('fingerprint', '?'))[:16]}`); the checkpoint was selected by accuracy on "
+        "`PublicTest` (3,589 faces). `PrivateTest` was never read. Normalization: the training "
+        f"set's pixel mean {meta['normalization']['mean']:.4f} and std "
+        f"{meta['normalization']['std']:.4f} (pixels scaled to [0, 1]), stored with the weights.",
+        "",
+        "## Recipe",
+        *_recipe_lines(config),
+        f"- trained {meta.get('epoch', '?')} epochs in {meta.get('train_seconds', 0) / 3600:.2f} h of "
+        f"training time on a 2-core CPU; best epoch {best.get('epoch', '?')}",
+        "",
+        "## Results on PublicTest",
+        f"Measured by `python -m fer_jax.release` on {data_source} ({plain['count']} faces), "
+        f"{datetime.date.today().isoformat()}, {platform.machine()} / {platform.system()}:",
+        "",
+        "| test-time augmentation | accuracy | macro-F1 |",
+        "|---|---:|---:|",
+        f"| none | {plain['accuracy']:.2%} | {plain['macro_f1']:.3f} |",
+        f"| {tta_mode} | {tta['accuracy']:.2%} | {tta['macro_f1']:.3f} |",
+        "",
+        f"Per class, with `{tta_mode}`:",
+        "",
+        *rows,
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "PublicTest chose this checkpoint, so its PublicTest score is optimistic; an unbiased "
+        "figure needs PrivateTest, which this project does not use.",
+        "",
+        "## Limits",
+        "- FER2013 faces are 48x48, grayscale, mostly frontal and web-scraped; labels are noisy "
+        "(human accuracy on FER2013 is reported at about 65%), and the set holds duplicates and "
+        "images with conflicting labels (see `python -m fer_jax.explore`).",
+        f"- The weakest classes are {weakest[0]} (recall {tta['per_class'][weakest[0]]['recall']:.2f}) "
+        f"and {weakest[1]} ({tta['per_class'][weakest[1]]['recall']:.2f}); \"disgust\" has 436 of "
+        f"28,709 training faces. {weakest[0].capitalize()} faces are most often taken for "
+        f"{confused_with(tta, weakest[0])}, {weakest[1]} faces for {confused_with(tta, weakest[1])}.",
+        "- Expressions are posed or spontaneous web pictures of mostly adults; accuracy on other "
+        "populations, lighting, poses, occlusions or video frames is not measured.",
+        "- Facial expression is not emotion: do not use this model to infer people's feelings, "
+        "intentions or character, or to make decisions about people.",
+        "",
+        "## Files",
+        f"{params:,} parameters; {size / 1e6:.1f} MB in all. `variables/` (Orbax: params and "
+        "batch_stats), `meta/` (config, normalization, data identity, training history), "
+        f"`metrics.json`, `confusion_matrix.png`. Made from `{source_checkpoint}`.",
+        "",
+    ])
+
+
+def make_release(checkpoint, data_path, *, name: str = DEFAULT_NAME, tta: str = "flip_crops",
+                 out: str | pathlib.Path | None = None) -> dict:
+    """Writes OUT/NAME (default release/NAME); returns its metrics."""
+    import jax
+    import orbax.checkpoint as ocp
+    from fer_jax.data.cache import load_fer_cached
+    from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
+    from fer_jax.evaluate import select_split
+    from fer_jax.plots import confusion_matrix_figure
+
+    step_dir = resolve_checkpoint(checkpoint)
+    meta = read_meta(step_dir)
+    if "config" not in meta or "normalization" not in meta:
+        raise UserError(f"{step_dir}: the checkpoint's metadata lacks its config or normalization")
+    loaded = load_fer_cached(data_path)
+    trained_on = (meta.get("data") or {}).get("fingerprint")
+    if trained_on and trained_on != loaded.fingerprint and not meta.get("synthetic"):
+        raise UserError(f"{data_path} is not the data set this model was trained on; "
+                        "pass the file it was trained with")
+    data = select_split(loaded, "PublicTest")
+    target = pathlib.Path(out) / name if out else release_root() / name
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    variables = restore_variables(step_dir)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((staging / "variables").absolute(), variables)
+    checkpointer.wait_until_finished()
+    kept = {k: meta[k] for k in META_KEYS if k in meta}
+    ocp.Checkpointer(ocp.JsonCheckpointHandler()).save((staging / "meta").absolute(), kept)
+
+    plain, with_tta = scores(staging, data, "none"), scores(staging, data, tta)
+    params = int(sum(leaf.size for leaf in jax.tree.leaves(variables["params"])))
+    confusion_matrix_figure(with_tta["confusion_matrix"], staging / "confusion_matrix.png",
+                            title=f"{name} ({meta['config']['model']}) on PublicTest, TTA {tta}: "
+                                  f"{with_tta['accuracy']:.1%}")
+    metrics = {"name": name, "source_checkpoint": str(step_dir), "data": str(data_path),
+               "data_fingerprint": loaded.fingerprint, "split": "PublicTest", "parameters": params,
+               "no_tta": plain, "tta": {"mode": tta, **with_tta}}
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    size = folder_bytes(staging)
+    (staging / "MODEL_CARD.md").write_text(
+        model_card(name, kept, params, size, plain, with_tta, tta, pathlib.Path(str(data_path)).name,
+                   str(step_dir)))
+    size = folder_bytes(staging)
+    if size > MAX_RELEASE_BYTES:
+        shutil.rmtree(staging)
+        raise UserError(f"the release would take {size / 1e6:.1f} MB, over the "
+                        f"{MAX_RELEASE_BYTES / 1e6:.0f} MB limit")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    metrics["path"], metrics["bytes"] = str(target), size
+    return metrics
+
+
+def main(argv=None) -> int:
+    from fer_jax.ensemble import TTA_MODES
+    parser = argparse.ArgumentParser(prog="python -m fer_jax.release", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--checkpoint", required=True, help="a run's workdir (its best checkpoint) or a step folder")
+    parser.add_argument("--data", required=True, help="the FER2013 file it was trained on (PublicTest is scored)")
+    parser.add_argument("--name", default=DEFAULT_NAME, help="release name (default: final)")
+    parser.add_argument("--tta", default="flip_crops", choices=TTA_MODES,
+                        help="test-time augmentation reported beside the plain score")
+    parser.add_argument("--out", default=None, help="parent folder (default: the repository's release/)")
+    args = parser.parse_args(argv)
+    quiet_tensorflow()
+    metrics = make_release(args.checkpoint, args.data, name=args.name, tta=args.tta, out=args.out)
+    print(f"released {metrics['path']} ({metrics['bytes'] / 1e6:.1f} MB, {metrics['parameters']:,} parameters)")
+    print(f"PublicTest accuracy {metrics['no_tta']['accuracy']:.4f}; with {args.tta} "
+          f"{metrics['tta']['accuracy']:.4f} (macro-F1 {metrics['tta']['macro_f1']:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

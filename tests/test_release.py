@@ -1,0 +1,71 @@
+"""python -m fer_jax.release: a checkpoint without optimizer state, its scores and model card; the default model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fer_jax import evaluate, release
+from fer_jax.ensemble import member_probabilities
+from fer_jax.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def released(simple_run, fer_sample_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("release")
+    metrics = release.make_release(simple_run, fer_sample_path, name="final", tta="flip", out=out)
+    return out / "final", metrics
+
+
+def test_release_holds_variables_and_meta_only(released):
+    path, metrics = released
+    assert sorted(p.name for p in path.iterdir()) == [
+        "MODEL_CARD.md", "confusion_matrix.png", "meta", "metrics.json", "variables"]
+    assert metrics["bytes"] < release.MAX_RELEASE_BYTES
+    _, _, _, norm, step_dir, meta = evaluate.load_model(path)
+    assert step_dir == path and set(norm) == {"mean", "std"}
+    assert set(meta) <= set(release.META_KEYS)
+
+
+def test_released_model_predicts_what_its_checkpoint_predicts(released, simple_run, fer_sample_path):
+    from fer_jax.data.cache import load_fer_cached
+    images = load_fer_cached(fer_sample_path).split("PublicTest").images[:64]
+    np.testing.assert_allclose(member_probabilities(released[0], images),
+                               member_probabilities(simple_run, images), rtol=1e-6, atol=1e-7)
+
+
+def test_model_card_reports_the_measured_scores(released, simple_run, fer_sample_path, capsys):
+    path, metrics = released
+    card = (path / "MODEL_CARD.md").read_text()
+    assert f"| none | {metrics['no_tta']['accuracy']:.2%} |" in card
+    assert f"| flip | {metrics['tta']['accuracy']:.2%} |" in card
+    assert "PrivateTest` was never read" in card and "## Limits" in card
+    assert evaluate.main(["--checkpoint", str(simple_run), "--data", str(fer_sample_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"accuracy: {metrics['no_tta']['accuracy']:.4f}")
+    assert evaluate.main(["--checkpoint", str(path), "--data", str(fer_sample_path), "--tta", "flip"]) == 0
+    assert capsys.readouterr().out.startswith(f"accuracy: {metrics['tta']['accuracy']:.4f}")
+    saved = json.loads((path / "metrics.json").read_text())
+    assert saved["tta"]["mode"] == "flip" and saved["split"] == "PublicTest"
+
+
+def test_commands_use_the_release_when_no_checkpoint_is_given(released, fer_sample_path, monkeypatch, capsys):
+    monkeypatch.setattr(release, "release_root", lambda: released[0].parent)
+    assert evaluate.main(["--data", str(fer_sample_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint: {released[0]}" in out
+
+
+def test_no_release_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(release, "release_root", lambda: tmp_path)
+    with pytest.raises(UserError, match="no released model at"):
+        evaluate.load_model(None)
+
+
+def test_a_release_must_be_scored_on_the_data_it_was_trained_on(simple_run, tmp_path):
+    from tests.conftest import write_kaggle_csv
+    from fer_jax.data.synthetic import make_synthetic
+    data = make_synthetic(400, seed=123, usage_fractions=(0.5, 0.5, 0.0))
+    other = write_kaggle_csv(tmp_path / "other.csv", data.images, data.labels, data.usage)
+    with pytest.raises(UserError, match="not the data set this model was trained on"):
+        release.make_release(simple_run, other, out=tmp_path / "rel")

@@ -1,0 +1,111 @@
+"""Learning-rate schedules, the training wall-clock budget and the experiment-series runner."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fer_jax import config as config_lib
+from fer_jax import study
+from fer_jax.data.source import prepare_data
+from fer_jax.engine import optim
+from fer_jax.engine.trainer import train_and_evaluate
+from fer_jax.errors import UserError
+
+
+def tiny_config(**values):
+    config = config_lib.load_experiment("simple_cnn_v2")
+    config.model_kwargs.widths = (8, 16)
+    config.model_kwargs.dense_width = 32
+    config.batch_size = 32
+    config.log_every_steps = 1
+    config.wandb.mode = "disabled"
+    config.checkpoint.every_steps = 0
+    for key, value in values.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def prepared(fer_sample_path):
+    return prepare_data(config_lib.base_config().data, str(fer_sample_path))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_floor():
+    config = config_lib.base_config()
+    config.update(dict(lr_schedule="cosine", learning_rate=1e-2, epochs=4, warmup_epochs=1.0,
+                       final_lr_fraction=0.1))
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=10)
+    values = np.array([float(schedule(i)) for i in range(41)])
+    assert values[0] == 0.0
+    assert values[10] == pytest.approx(1e-2)
+    assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) < 0)
+    assert values[40] == pytest.approx(1e-3)
+    assert values[25] == pytest.approx(1e-3 + 0.5 * 9e-3, rel=1e-5)  # half way down the cosine
+
+
+def test_constant_schedule_and_unknown_names():
+    config = config_lib.base_config()
+    assert optim.learning_rate_schedule(config, 10) == config.learning_rate
+    config.lr_schedule = "linear"
+    with pytest.raises(UserError, match="lr_schedule must be one of constant, cosine"):
+        optim.learning_rate_schedule(config, 10)
+
+
+def test_the_schedule_changes_training(prepared, tmp_path):
+    constant = train_and_evaluate(tiny_config(max_train_steps=3), tmp_path / "constant",
+                                  prepared=prepared, progress=False)
+    cosine = train_and_evaluate(tiny_config(max_train_steps=3, lr_schedule="cosine", warmup_epochs=1.0),
+                                tmp_path / "cosine", prepared=prepared, progress=False)
+    # Warm-up from zero: the first steps barely move the weights, so the losses differ.
+    assert constant["last_train_loss"] != cosine["last_train_loss"]
+
+
+def test_a_budget_stops_training_and_a_rerun_does_not_train_past_it(prepared, tmp_path):
+    config = tiny_config(budget_minutes=0.1, epochs=50)
+    summary = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    steps_per_epoch = summary["steps_per_epoch"]
+    assert summary["capped"] and 0 < summary["steps"] < 50 * steps_per_epoch
+    assert 6 <= summary["train_seconds"] < 40
+    assert summary["history"][-1]["wall_seconds"] >= summary["history"][-1]["elapsed_seconds"] - 1e-6
+    again = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    assert again["steps"] == summary["steps"] and len(again["history"]) == len(summary["history"])
+    # A larger budget is a resumable change: the run carries on from where it stopped.
+    config.budget_minutes = summary["train_seconds"] / 60 + 0.1
+    longer = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    assert longer["steps"] > summary["steps"]
+
+
+def test_study_trains_each_experiment_once_and_tabulates_the_best_checkpoints(fer_sample_path, tmp_path, capsys):
+    args = ["--experiments", "simple_cnn_v1,simple_cnn_v2", "--budget-minutes", "0.02",
+            "--data", str(fer_sample_path), "--root", str(tmp_path), "--no-progress",
+            "--set", "batch_size=32", "--set", "model_kwargs.widths=(8,16)",
+            "--set", "model_kwargs.dense_width=32", "--set", "wandb.mode=disabled"]
+    assert study.main(args) == 0
+    table = capsys.readouterr().out
+    rows = json.loads((tmp_path / "official" / "results.json").read_text())
+    assert [r["experiment"] for r in rows] == ["simple_cnn_v1", "simple_cnn_v2"]
+    for row in rows:
+        best = json.loads((tmp_path / "official" / row["experiment"] / "summary.json").read_text())
+        assert row["val_accuracy"] == pytest.approx(best["best_val_accuracy"])
+        assert 0 <= row["recall_disgust"] <= 1 and 0 <= row["recall_fear"] <= 1
+        assert row["params"] > 1000 and row["wall_seconds"] >= row["train_seconds"]
+        assert f"| {row['experiment']} |" in table
+    assert "59.11%" in table  # the seed's own figure sits beside ours
+    assert (tmp_path / "official" / "curves.png").stat().st_size > 10_000
+    mtimes = {r["experiment"]: (tmp_path / "official" / r["experiment"] / "summary.json").stat().st_mtime
+              for r in rows}
+    assert study.main(args) == 0
+    assert "finished earlier, skipped" in capsys.readouterr().err
+    for name, mtime in mtimes.items():
+        assert (tmp_path / "official" / name / "summary.json").stat().st_mtime == mtime
+
+
+def test_study_checks_every_name_before_training(fer_sample_path, tmp_path):
+    with pytest.raises(UserError, match="unknown experiment 'simple_cnn_v9'"):
+        study.main(["--experiments", "simple_cnn_v1,simple_cnn_v9", "--budget-minutes", "1",
+                    "--data", str(fer_sample_path), "--root", str(tmp_path)])
+    assert not (tmp_path / "official" / "simple_cnn_v1").exists()
+    with pytest.raises(UserError, match="is an ensemble"):
+        study.main(["--experiments", "ensemble", "--budget-minutes", "1", "--root", str(tmp_path)])
