@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from fer_jax.cli_common import quiet_tensorflow
+from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices
 from fer_jax.errors import UserError, run_cli
 
 NOTES_START = "<!-- bench:start -->"
@@ -442,6 +442,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="time the PyTorch copies too (default: when PyTorch is installed)")
     parser.add_argument("--pipeline-images", type=int, default=28_709,
                         help="images per epoch for the input-pipeline measurement; 0 skips it")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="on a CPU, the cores as this many devices (0: the trainer's default, "
+                             "a power of two up to the cores; 1: one device)")
     parser.add_argument("--write-notes", action="store_true",
                         help=f"replace the marked section of {DEFAULT_NOTES} with the results")
     parser.add_argument("--notes-file", type=pathlib.Path, default=pathlib.Path(DEFAULT_NOTES),
@@ -510,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     quiet_tensorflow()
+    split_cpu_into_devices(args.cpu_devices)
     torch_bench, skipped = resolve_torch(args.torch)
     run = run_bench(args.models, batch_size=args.batch_size, seconds=args.seconds,
                     rounds=args.rounds, compute_dtype=args.compute_dtype, torch_bench=torch_bench,

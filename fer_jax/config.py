@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
         enabled=True, factor=0.5, patience=3, cooldown=0, min_scale=1e-3, rtol=1e-4, atol=0.0))
     c.early_stopping_patience = 0  # epochs without a better validation accuracy; 0 disables
 
+    # A fer_jax checkpoint (a run's workdir or a step folder) of the same model whose params
+    # and batch_stats start this run (a second training stage); empty: fresh weights.
+    c.init_from = ""
+
     # Fine-tuning from converted ImageNet weights (fer_jax.transfer); empty init_from: none.
     c.transfer = ml_collections.ConfigDict(dict(
         init_from="", arch="", gray_to_rgb="sum", input_size=48, freeze=(), backbone_lr_scale=0.1,
@@ -76,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(keep_latest=2, every_steps=500))
     c.log_every_steps = 20
     c.parallel = "jit"  # "jit" (jit + shard_map over a mesh) or "pmap"
+    # On a CPU, the cores are exposed as this many devices for data parallelism within
+    # the process (0: the largest power of two up to the cores, at most 8; 1: one device
+    # on all cores). Set by the commands before jax starts; ignored if XLA_FLAGS sets it.
+    c.cpu_devices = 0
 
     c.wandb = ml_collections.ConfigDict(dict(
         mode="offline", project="facial-expression-recognition", experiment_type="baseline",

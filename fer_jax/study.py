@@ -7,7 +7,7 @@ Each experiment trains under ROOT/SPLIT/NAME with the same training wall-clock b
 (`budget_minutes`) and split; finished ones are skipped, an interrupted one resumes
 from its checkpoint when the same command runs again. After every run the table
 (ROOT/SPLIT/results.md and results.json, and curves.png: validation accuracy against
-wall-clock time) is rewritten from the runs' best checkpoints,
+training time) is rewritten from the runs' best checkpoints,
 so it always shows what has been measured so far and nothing else.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pathlib
 import sys
 import time
 
-from fer_jax.cli_common import quiet_tensorflow
+from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices
 from fer_jax.errors import UserError, run_cli
 
 # The seed study's own figures (its stratified 80/20 split of Training), for the table.
@@ -97,16 +97,17 @@ def format_table(rows: list[dict], *, split: str, budget_minutes: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def learning_curves(root: pathlib.Path, names: list[str]) -> dict:
-    """label -> (wall minutes, validation accuracy) per evaluation, of runs with a summary."""
+def learning_curves(root: pathlib.Path, names: list[str], clock: str = "elapsed_seconds") -> dict:
+    """label -> (minutes, validation accuracy) per evaluation, of runs with a summary.
+    clock: "elapsed_seconds" (training time, what the budget counts) or "wall_seconds"
+    (since the run started: compilation and evaluation included)."""
     curves = {}
     for name in names:
         path = root / name / "summary.json"
         if path.exists():
-            history = [h for h in json.loads(path.read_text())["history"] if "wall_seconds" in h]
+            history = [h for h in json.loads(path.read_text())["history"] if clock in h]
             if history:
-                curves[name] = ([h["wall_seconds"] / 60 for h in history],
-                                [h["val_accuracy"] for h in history])
+                curves[name] = ([h[clock] / 60 for h in history], [h["val_accuracy"] for h in history])
     return curves
 
 
@@ -117,8 +118,8 @@ def write_results(root: pathlib.Path, names: list[str], *, split: str, budget_mi
     (root / "results.md").write_text(format_table(rows, split=split, budget_minutes=budget_minutes))
     curves = learning_curves(root, names)
     if curves:
-        accuracy_curves_figure(curves, root / "curves.png",
-                               title=f"validation accuracy ({split} split) against wall-clock time, "
+        accuracy_curves_figure(curves, root / "curves.png", x_label="training minutes",
+                               title=f"validation accuracy ({split} split), "
                                      f"{budget_minutes:g} training minutes per run")
     return rows
 
@@ -150,8 +151,6 @@ def main(argv=None) -> int:
         raise UserError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
     quiet_tensorflow()
     from fer_jax import config as config_lib
-    from fer_jax.data.source import prepare_data
-    from fer_jax.engine.trainer import train_and_evaluate
 
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     configs = {}
@@ -161,6 +160,13 @@ def main(argv=None) -> int:
         if config.ensemble.members:
             raise UserError(f"{name} is an ensemble; train it with python -m fer_jax.train")
         configs[name] = config
+    if len({c.cpu_devices for c in configs.values()}) > 1:
+        raise UserError("the experiments set different cpu_devices; a study compares like with "
+                        "like: pass --set cpu_devices=N")
+    if configs:
+        split_cpu_into_devices(next(iter(configs.values())).cpu_devices)
+    from fer_jax.data.source import prepare_data
+    from fer_jax.engine.trainer import train_and_evaluate
     root = pathlib.Path(args.root) / args.split
     root.mkdir(parents=True, exist_ok=True)
     prepared = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fer_jax.cli_common import quiet_tensorflow
+from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices
 from fer_jax.errors import run_cli
 
 
@@ -31,10 +31,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_tensorflow()
     from fer_jax import config as config_lib
+
+    config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), args.overrides)
+    split_cpu_into_devices(config.cpu_devices)
     from fer_jax.engine import parallel
 
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), args.overrides)
     workdir = args.workdir or f"runs/{config.experiment}"
 
     if config.ensemble.members:

@@ -396,3 +396,16 @@ def test_overrides_are_applied_and_normalised():
     model = get_model("deep_cnn_v2", widths=[8, 16], dtype="bfloat16", dropout=0.2)
     assert model.widths == (8, 16) and model.dtype == jnp.bfloat16 and model.dropout == 0.2
     assert model.spatial_dropout == 0.1 and model.dense_width == 256  # v2's own settings
+
+
+def test_pool_stem_keeps_the_parameters_and_quarters_the_stages_input():
+    cifar = get_model("resnet18", width=8)
+    pooled = get_model("resnet18", width=8, stem="pool")
+    assert (jax.tree.map(lambda a: a.shape, abstract_params(cifar))
+            == jax.tree.map(lambda a: a.shape, abstract_params(pooled)))
+    variables = pooled.init(key(0), images(), train=False)
+    _, state = pooled.apply(variables, images(), train=False, capture_intermediates=True,
+                            mutable=["intermediates"])
+    first_block = state["intermediates"]["stage1_block1"]["__call__"][0]
+    chex.assert_shape(first_block, (BATCH, 24, 24, 8))
+    chex.assert_tree_all_finite(pooled.apply(variables, images(), train=False))

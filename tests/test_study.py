@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -109,3 +110,27 @@ def test_study_checks_every_name_before_training(fer_sample_path, tmp_path):
     assert not (tmp_path / "official" / "simple_cnn_v1").exists()
     with pytest.raises(UserError, match="is an ensemble"):
         study.main(["--experiments", "ensemble", "--budget-minutes", "1", "--root", str(tmp_path)])
+
+
+def test_init_from_starts_a_second_stage_from_another_runs_best_weights(prepared, tmp_path):
+    from fer_jax.engine.checkpoint import resolve_checkpoint, restore_variables
+    first = tmp_path / "stage1"
+    train_and_evaluate(tiny_config(max_train_steps=2), first, prepared=prepared, progress=False)
+    stage1 = restore_variables(resolve_checkpoint(first))
+    second = tiny_config(max_train_steps=1, init_from=str(first), learning_rate=0.0)
+    train_and_evaluate(second, tmp_path / "stage2", prepared=prepared, progress=False)
+    stage2 = restore_variables(resolve_checkpoint(tmp_path / "stage2"))
+    # lr 0: the weights are stage 1's exactly (batch statistics move with the new batch).
+    for a, b in zip(jax.tree.leaves(stage1["params"]), jax.tree.leaves(stage2["params"])):
+        np.testing.assert_array_equal(a, b)
+    other = tiny_config(max_train_steps=1, init_from=str(first))
+    other.model_kwargs.dense_width = 16
+    with pytest.raises(UserError, match="holds another network"):
+        train_and_evaluate(other, tmp_path / "stage2b", prepared=prepared, progress=False)
+
+
+def test_a_cap_on_a_checkpoint_step_saves_that_step_once(prepared, tmp_path):
+    config = tiny_config(max_train_steps=4)
+    config.checkpoint.every_steps = 4
+    summary = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    assert summary["steps"] == 4 and summary["capped"]

@@ -104,7 +104,9 @@ def test_killed_process_resumes_to_the_same_result(fer_sample_path, unbroken_run
                "--set", "epochs=2", "--set", "log_every_steps=4", "--set", "checkpoint.every_steps=10",
                "--set", "augment.rotation_deg=10.0", "--set", "augment.hflip_prob=0.5",
                "--set", "augment.translate_frac=0.1", "--set", "plateau.enabled=true",
-               "--set", "wandb.mode=disabled"]
+               "--set", "wandb.mode=disabled",
+               # One device like the in-process reference: dropout masks depend on the device count.
+               "--set", "cpu_devices=1"]
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "latest" / "20").exists():

@@ -31,7 +31,7 @@ from fer_jax.transfer import finetune
 
 # Config keys that may change between a run and its resumption (they do not change
 # what the run computes up to the point where it stopped).
-RESUMABLE_CHANGES = ("epochs", "max_train_steps", "budget_minutes", "wandb", "log_every_steps", "checkpoint",
+RESUMABLE_CHANGES = ("epochs", "max_train_steps", "budget_minutes", "cpu_devices", "wandb", "log_every_steps", "checkpoint",
                      "early_stopping_patience", "description", "parallel", "eval_batch_size")
 
 
@@ -170,6 +170,22 @@ def _resume(checkpoints: RunCheckpoints, state: TrainState, meta: dict, data_ide
     return state
 
 
+def _variables_from_run(path: str, state: TrainState, *, log: bool) -> dict:
+    """params and batch_stats of another run's best checkpoint, checked against STATE's shapes."""
+    from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
+    step_dir = resolve_checkpoint(path)
+    variables = restore_variables(step_dir)
+    want = jax.tree.map(lambda a: (a.shape, str(a.dtype)), state.variables)
+    got = jax.tree.map(lambda a: (a.shape, str(a.dtype)), variables)
+    if want != got:
+        model = (read_meta(step_dir).get("config") or {}).get("model", "?")
+        raise UserError(f"init_from={path}: that checkpoint holds another network ({model}, or "
+                        "other widths) than this run's model")
+    if log:
+        print(f"initialized from {step_dir}", file=sys.stderr)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                        data_path: str | None = None, prepared: PreparedData | None = None,
                        progress: bool = True) -> dict:
@@ -232,6 +248,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             pixel_norm=norm if config.transfer.imagenet_normalization else None,
             log=(lambda msg: print(msg, file=sys.stderr)) if is_main else None)
         state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
+    if config.init_from and checkpoints.latest_step() is None:
+        if pretrained:
+            raise UserError("set init_from or transfer.init_from, not both")
+        state = state.replace(**_variables_from_run(config.init_from, state, log=is_main))
     if checkpoints.latest_step() is not None:
         state = _resume(checkpoints, state, meta, prepared.identity, workdir, announce=is_main)
 
@@ -316,13 +336,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                         img_s=f"{tick_images / max(now - tick, 1e-9):.0f}")
                         logger.log({"train/step_loss": loss, "train/lr_scale": float(m["lr_scale"])}, step)
                         tick, tick_images = now, 0
+                    stopping = bool((max_steps and step >= max_steps) or stop.requested or (
+                        step % config.log_every_steps == 0 and over_budget()))
+                    # A stopping step is saved below, once (Orbax refuses a step twice).
                     if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0 \
-                            and meta["batch_in_epoch"] < steps_per_epoch:
+                            and meta["batch_in_epoch"] < steps_per_epoch and not stopping:
                         _check_finite(runner.to_host(step_metrics), step, workdir)
                         meta["train_seconds"] = train_seconds_before + time.time() - start_time
                         save_latest(device_state)
-                    if (max_steps and step >= max_steps) or stop.requested or (
-                            step % config.log_every_steps == 0 and over_budget()):
+                    if stopping:
                         capped = True
                         break
                 bar.close()
