@@ -511,9 +511,12 @@ def run_bench(models: Sequence[str], *, batch_size: int, seconds: float, rounds:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before parse_args, whose model list imports jax: the device count is fixed then.
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--cpu-devices", type=int, default=0)
+    split_cpu_into_devices(early.parse_known_args(argv)[0].cpu_devices)
     args = parse_args(argv)
     quiet_tensorflow()
-    split_cpu_into_devices(args.cpu_devices)
     torch_bench, skipped = resolve_torch(args.torch)
     run = run_bench(args.models, batch_size=args.batch_size, seconds=args.seconds,
                     rounds=args.rounds, compute_dtype=args.compute_dtype, torch_bench=torch_bench,

@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.grad_clip_norm = 0.0  # 0 disables clipping
     c.seed = 0
     c.max_train_steps = 0  # a cap on the total number of steps (smoke runs); 0 = no cap
-    # A cap on training wall-clock time, summed over resumptions (evaluation not counted);
+    # A cap on the training loop's wall-clock time (steps, compilation, per-epoch validation
+    # and checkpoints), summed over resumptions and checked every log_every_steps steps;
     # the epoch it ends in is validated as a partial epoch. 0 = no cap.
     c.budget_minutes = 0.0
     # The per-step learning rate: "constant", or "cosine" (linear warm-up over

@@ -14,6 +14,7 @@ Test-time augmentation (each member's probabilities are the mean over the views)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pathlib
 import sys
@@ -122,7 +123,26 @@ def evaluate_ensemble(checkpoints: Sequence[str | pathlib.Path], images: np.ndar
         members.append({**info, **score(labels, probs)})
     ensemble = score(labels, ensemble_probabilities(all_probs, weights))
     return {"members": members, "ensemble": ensemble, "tta": tta,
-            "weights": list(weights) if weights is not None else None}
+            "weights": list(weights) if weights is not None else None, "probabilities": all_probs}
+
+
+MAX_SEARCH_MEMBERS = 12
+
+
+def subset_search(probabilities: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str]) -> list[dict]:
+    """Every subset of two or more members, probabilities averaged with equal weights,
+    best accuracy first: [{"members": [...], "accuracy", "macro_f1"}]."""
+    if len(names) > MAX_SEARCH_MEMBERS:
+        raise UserError(f"--search over {len(names)} checkpoints would score {2 ** len(names)} subsets; "
+                        f"give at most {MAX_SEARCH_MEMBERS}")
+    rows = []
+    for size in range(2, len(names) + 1):
+        for combo in itertools.combinations(range(len(names)), size):
+            s = score(labels, ensemble_probabilities([probabilities[i] for i in combo]))
+            rows.append({"members": [names[i] for i in combo], "accuracy": s["accuracy"],
+                         "macro_f1": s["macro_f1"]})
+    rows.sort(key=lambda r: (-r["accuracy"], len(r["members"])))
+    return rows
 
 
 def format_table(result: dict) -> str:
@@ -151,6 +171,9 @@ def main(argv=None) -> int:
                         help="one weight per checkpoint (default: equal weights)")
     parser.add_argument("--out", default=None, help="write metrics.json and confusion_matrix.png here")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--search", action="store_true",
+                        help="also score every subset of 2+ checkpoints (equal weights) and list the "
+                             "best: a choice made on --split, so use the validation split for it")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -175,11 +198,20 @@ def main(argv=None) -> int:
     print()
     print("ensemble:")
     print(metrics_lib.format_report(ensemble))
+    subsets = None
+    if args.search:
+        subsets = subset_search(result["probabilities"], data.labels, args.checkpoints)
+        print()
+        print(f"best subsets of the {len(args.checkpoints)} checkpoints ({len(subsets)} scored on {args.split}, "
+              f"tta={args.tta}):")
+        for row in subsets[:10]:
+            print(f"{row['accuracy']:.4f} {row['macro_f1']:.4f}  {' + '.join(row['members'])}")
     if args.out:
         from fer_jax.plots import confusion_matrix_figure
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        report = {**result, "split": args.split, "data": data.source, "data_fingerprint": data.fingerprint}
+        report = {**{k: v for k, v in result.items() if k != "probabilities"}, "split": args.split,
+                  "data": data.source, "data_fingerprint": data.fingerprint, "subsets": subsets}
         (out / "metrics.json").write_text(json.dumps(report, indent=2))
         confusion_matrix_figure(
             np.array(ensemble["confusion_matrix"]), out / "confusion_matrix.png",

@@ -57,7 +57,21 @@ def scores(checkpoint: pathlib.Path, data, tta: str) -> dict:
     return metrics_lib.summarize_confusion(confusion)
 
 
-def _recipe_lines(config: dict) -> list[str]:
+def stage_one(config: dict) -> dict | None:
+    """What init_from points at (the run this one started from), if it is still there."""
+    from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint
+    if not config.get("init_from"):
+        return None
+    try:
+        meta = read_meta(resolve_checkpoint(config["init_from"]))
+    except UserError:
+        return {"path": config["init_from"]}
+    return {"path": config["init_from"], "experiment": meta["config"].get("experiment", ""),
+            "epoch": meta.get("epoch"), "train_seconds": meta.get("train_seconds", 0.0),
+            "val_accuracy": (meta.get("val_metrics") or {}).get("accuracy")}
+
+
+def _recipe_lines(config: dict, first_stage: dict | None = None) -> list[str]:
     aug = config.get("augment", {})
     active = {k: v for k, v in aug.items() if k != "fill_mode" and v not in (0, 0.0, [1.0, 1.0], (1.0, 1.0))}
     lines = [
@@ -71,6 +85,13 @@ def _recipe_lines(config: dict) -> list[str]:
         f"{config['class_weighted_loss']}; balanced sampling {config['balanced_sampling']}",
         f"- augmentation: {json.dumps(active) if active else 'none'}",
     ]
+    if first_stage and first_stage.get("epoch") is not None:
+        lines.append(
+            f"- started from the best checkpoint of `{first_stage['path']}` (experiment "
+            f"`{first_stage['experiment']}`: {first_stage['epoch']} epochs, "
+            f"{first_stage['train_seconds'] / 3600:.2f} h, {first_stage['val_accuracy']:.2%} PublicTest)")
+    elif first_stage:
+        lines.append(f"- started from the best checkpoint of `{first_stage['path']}`")
     return lines
 
 
@@ -84,7 +105,7 @@ def confused_with(summary: dict, cls: str) -> str:
 
 
 def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: dict, tta_mode: str,
-               data_source: str, source_checkpoint: str) -> str:
+               data_source: str, source_checkpoint: str, first_stage: dict | None = None) -> str:
     config = meta["config"]
     history = meta.get("history") or []
     best = max(history, key=lambda h: h["val_accuracy"]) if history else {}
@@ -117,9 +138,9 @@ def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: 
         f"{meta['normalization']['std']:.4f} (pixels scaled to [0, 1]), stored with the weights.",
         "",
         "## Recipe",
-        *_recipe_lines(config),
-        f"- trained {meta.get('epoch', '?')} epochs in {meta.get('train_seconds', 0) / 3600:.2f} h of "
-        f"training time on a 2-core CPU; best epoch {best.get('epoch', '?')}",
+        *_recipe_lines(config, first_stage),
+        f"- this checkpoint: epoch {best.get('epoch', '?')} of this run, after "
+        f"{meta.get('train_seconds', 0) / 3600:.2f} h of training on a 2-core CPU",
         "",
         "## Results on PublicTest",
         f"Measured by `python -m fer_jax.release` on {data_source} ({plain['count']} faces), "
@@ -203,7 +224,7 @@ def make_release(checkpoint, data_path, *, name: str = DEFAULT_NAME, tta: str = 
     size = folder_bytes(staging)
     (staging / "MODEL_CARD.md").write_text(
         model_card(name, kept, params, size, plain, with_tta, tta, pathlib.Path(str(data_path)).name,
-                   str(step_dir)))
+                   str(step_dir), stage_one(kept["config"])))
     size = folder_bytes(staging)
     if size > MAX_RELEASE_BYTES:
         shutil.rmtree(staging)

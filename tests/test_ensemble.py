@@ -104,3 +104,20 @@ def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, fer_sample_path, capsys
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "nowhere" in err[0]
+
+
+def test_search_scores_every_subset_and_lists_the_best_first(simple_run, cbam_run, fer_sample_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 50)
+    probs = [rng.dirichlet(np.ones(7), 50).astype(np.float32) for _ in range(3)]
+    rows = ensemble.subset_search(probs, labels, ["a", "b", "c"])
+    assert sorted(tuple(r["members"]) for r in rows) == [("a", "b"), ("a", "b", "c"), ("a", "c"), ("b", "c")]
+    assert [r["accuracy"] for r in rows] == sorted((r["accuracy"] for r in rows), reverse=True)
+    both = ensemble.score(labels, ensemble.ensemble_probabilities(probs[:2]))
+    assert next(r for r in rows if r["members"] == ["a", "b"])["accuracy"] == both["accuracy"]
+    assert ensemble.main(["--checkpoints", str(simple_run), str(cbam_run), "--data", str(fer_sample_path),
+                          "--search"]) == 0
+    out = capsys.readouterr().out
+    first_line = out.splitlines()[0]  # the ensemble of all members: the only subset of two
+    assert "best subsets of the 2 checkpoints (1 scored on PublicTest" in out
+    assert out.split("best subsets")[1].splitlines()[1].startswith(first_line.split()[1])

@@ -69,3 +69,13 @@ def test_a_release_must_be_scored_on_the_data_it_was_trained_on(simple_run, tmp_
     other = write_kaggle_csv(tmp_path / "other.csv", data.images, data.labels, data.usage)
     with pytest.raises(UserError, match="not the data set this model was trained on"):
         release.make_release(simple_run, other, out=tmp_path / "rel")
+
+
+def test_a_second_stage_card_names_the_run_it_started_from(simple_run, tmp_path):
+    first = release.stage_one({"init_from": str(simple_run)})
+    assert first["experiment"] == "simple_cnn_v1" and 0 <= first["val_accuracy"] <= 1
+    _, _, _, _, _, meta = evaluate.load_model(simple_run)
+    lines = release._recipe_lines({**meta["config"], "init_from": str(simple_run)}, first)
+    assert lines[-1].startswith(f"- started from the best checkpoint of `{simple_run}` (experiment `simple_cnn_v1`")
+    assert release.stage_one({"init_from": ""}) is None
+    assert release.stage_one({"init_from": str(tmp_path / "gone")}) == {"path": str(tmp_path / "gone")}

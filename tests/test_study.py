@@ -84,8 +84,11 @@ def test_study_trains_each_experiment_once_and_tabulates_the_best_checkpoints(fe
             "--set", "batch_size=32", "--set", "model_kwargs.widths=(8,16)",
             "--set", "model_kwargs.dense_width=32", "--set", "wandb.mode=disabled"]
     assert study.main(args) == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
     rows = json.loads((tmp_path / "official" / "results.json").read_text())
+    for row in rows:
+        assert f"[study] {row['experiment']}: best validation accuracy {row['val_accuracy']:.4f}" in captured.err
     assert [r["experiment"] for r in rows] == ["simple_cnn_v1", "simple_cnn_v2"]
     for row in rows:
         best = json.loads((tmp_path / "official" / row["experiment"] / "summary.json").read_text())
