@@ -13,6 +13,15 @@ import numpy as np  # noqa: E402
 from fer_jax.data.types import CLASS_NAMES  # noqa: E402
 
 
+def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
+    """Writes FIG to PATH (creating its folder) and closes it."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def confusion_matrix_figure(confusion, path: str | pathlib.Path, title: str = "confusion matrix") -> pathlib.Path:
     """Row-normalized colours (recall per class) with the raw counts written in each cell."""
     confusion = np.asarray(confusion, dtype=np.float64)
@@ -31,11 +40,7 @@ def confusion_matrix_figure(confusion, path: str | pathlib.Path, title: str = "c
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_title(title)
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -84,11 +89,7 @@ def face_grid_figure(cells, path: str | pathlib.Path, *, title: str = "",
     if heat is not None:
         bar = fig.add_axes((0.94, 0.15, 0.015, 0.7))
         fig.colorbar(heat, cax=bar, label=overlay_label or "")
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def accuracy_curves_figure(curves: dict, path: str | pathlib.Path, *, title: str = "",
@@ -108,8 +109,4 @@ def accuracy_curves_figure(curves: dict, path: str | pathlib.Path, *, title: str
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -48,13 +48,11 @@ def folder_bytes(path: pathlib.Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def scores(checkpoint: pathlib.Path, data, tta: str) -> dict:
-    from fer_jax import metrics as metrics_lib
-    from fer_jax.ensemble import member_probabilities
-    probs = member_probabilities(checkpoint, data.images, tta)
-    confusion = np.zeros((7, 7), np.int64)
-    np.add.at(confusion, (data.labels, probs.argmax(-1)), 1)
-    return metrics_lib.summarize_confusion(confusion)
+def scores(checkpoint: pathlib.Path, data, tta_modes: tuple[str, ...]) -> list[dict]:
+    """PublicTest metrics of CHECKPOINT for each TTA mode; the model is loaded once."""
+    from fer_jax.ensemble import _load_member, score
+    _, predict = _load_member(checkpoint, 256)
+    return [score(data.labels, predict(data.images, tta)) for tta in tta_modes]
 
 
 def stage_one(config: dict) -> dict | None:
@@ -212,7 +210,7 @@ def make_release(checkpoint, data_path, *, name: str = DEFAULT_NAME, tta: str = 
     kept = {k: meta[k] for k in META_KEYS if k in meta}
     ocp.Checkpointer(ocp.JsonCheckpointHandler()).save((staging / "meta").absolute(), kept)
 
-    plain, with_tta = scores(staging, data, "none"), scores(staging, data, tta)
+    plain, with_tta = scores(staging, data, ("none", tta))
     params = int(sum(leaf.size for leaf in jax.tree.leaves(variables["params"])))
     confusion_matrix_figure(with_tta["confusion_matrix"], staging / "confusion_matrix.png",
                             title=f"{name} ({meta['config']['model']}) on PublicTest, TTA {tta}: "
