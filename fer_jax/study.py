@@ -62,7 +62,8 @@ def result_row(name: str, workdir: pathlib.Path) -> dict | None:
     history = summary["history"]
     return {
         "experiment": name, "model": summary["model"],
-        "params": parameter_count(restore_variables(best_dir)),
+        # Runs from before the trainer recorded "params" need their checkpoint read.
+        "params": summary.get("params") or parameter_count(restore_variables(best_dir)),
         "epochs": summary["steps"] / summary["steps_per_epoch"],
         "epochs_completed": summary["epochs_completed"],
         "partial_last_epoch": bool(history and history[-1].get("partial_epoch")),

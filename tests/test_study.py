@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -11,6 +12,7 @@ from fer_jax import config as config_lib
 from fer_jax import study
 from fer_jax.data.source import prepare_data
 from fer_jax.engine import optim
+from fer_jax.engine.checkpoint import restore_variables
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError
 
@@ -68,7 +70,7 @@ def test_a_budget_stops_training_and_a_rerun_does_not_train_past_it(prepared, tm
     summary = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
     steps_per_epoch = summary["steps_per_epoch"]
     assert summary["capped"] and 0 < summary["steps"] < 50 * steps_per_epoch
-    assert 6 <= summary["train_seconds"] < 40
+    assert 6 <= summary["train_seconds"] < 60, summary["train_seconds"]  # loose: a busy CI machine
     assert summary["history"][-1]["wall_seconds"] >= summary["history"][-1]["elapsed_seconds"] - 1e-6
     again = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
     assert again["steps"] == summary["steps"] and len(again["history"]) == len(summary["history"])
@@ -95,6 +97,9 @@ def test_study_trains_each_experiment_once_and_tabulates_the_best_checkpoints(fe
         assert row["val_accuracy"] == pytest.approx(best["best_val_accuracy"])
         assert 0 <= row["recall_disgust"] <= 1 and 0 <= row["recall_fear"] <= 1
         assert row["params"] > 1000 and row["wall_seconds"] >= row["train_seconds"]
+        # The trainer's own count is the one the checkpoint holds (older runs are counted from it).
+        best_variables = restore_variables(pathlib.Path(best["best_checkpoint"]))
+        assert row["params"] == best["params"] == study.parameter_count(best_variables)
         assert f"| {row['experiment']} |" in table
     assert "59.11%" in table  # the seed's own figure sits beside ours
     assert (tmp_path / "official" / "curves.png").stat().st_size > 10_000

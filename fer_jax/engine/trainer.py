@@ -432,6 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "best_checkpoint": str(best_dir) if best_dir else None,
+        "params": int(sum(leaf.size for leaf in jax.tree.leaves(state.params))),
         "train_seconds": meta["train_seconds"], "devices": jax.device_count(),
         "processes": jax.process_count(), "last_train_loss": last_good_loss,
         "history": history,
