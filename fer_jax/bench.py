@@ -3,7 +3,9 @@
 Training speed per model: parameters, forward FLOPs per image (XLA's cost analysis),
 fer_jax's train and eval images/s with the project's own train and eval steps (the
 StepRunner the trainer uses, on a synthetic normalized batch), the train step's compile
-time, and the input pipeline's images/s. With PyTorch installed (the `bench` extra),
+time, and the input pipeline's images/s. On an accelerator whose peak is known
+(fer_jax.device_peak, or --peak-tflops) it adds the TFLOP/s the steps reach and their
+share of that peak. With PyTorch installed (the `bench` extra),
 the PyTorch copies of the models (benchmarks/) are timed in the same run, the two
 frameworks taking turns round after round, and the ratios fer_jax / PyTorch printed.
 """
@@ -24,6 +26,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from fer_jax import device_peak
 from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices
 from fer_jax.errors import UserError, run_cli
 
@@ -222,6 +225,11 @@ class BenchRun:
     threads: int
     torch_version: str | None
     torch_skipped_because: str | None = None
+    # Peak TFLOP/s of all the devices together at compute_dtype; None: unknown (CPUs).
+    peak_tflops: float | None = None
+    peak_source: str | None = None
+    tensorflow_gpus: str | None = None
+    device_memory: str | None = None
 
 
 def bench_model(name: str, batch_size: int, seconds: float, rounds: int, compute_dtype: str,
@@ -272,6 +280,46 @@ def bench_model(name: str, batch_size: int, seconds: float, rounds: int, compute
     return result, jax_steps.devices
 
 
+def devices_peak(compute_dtype: str, override_per_device: float | None
+                 ) -> tuple[float | None, str | None]:
+    """(peak TFLOP/s of all of jax's devices together, where the figure comes from)."""
+    import jax
+
+    devices = jax.devices()
+    if override_per_device is not None:
+        return override_per_device * len(devices), "--peak-tflops"
+    per_device = device_peak.peak_tflops(devices[0].device_kind, compute_dtype)
+    if per_device is None:
+        return None, None
+    return per_device * len(devices), "vendor data sheet, dense"
+
+
+def tensorflow_gpu_report() -> str:
+    """What TensorFlow sees of the GPUs once fer_jax's pipeline has hidden them: it must
+    hold none, so that every byte of accelerator memory is JAX's."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return "not installed (the input pipeline could not be measured here)"
+    from fer_jax.data import pipeline  # noqa: F401  (importing it hides the GPUs)
+
+    physical = len(tf.config.list_physical_devices("GPU"))
+    visible = len(tf.config.get_visible_devices("GPU"))
+    return f"{physical} GPU(s) present, {visible} visible to TensorFlow"
+
+
+def device_memory_report() -> str | None:
+    """Peak memory JAX used on its first device, where the runtime reports it (not on CPUs)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" not in stats:
+        return None
+    limit = stats.get("bytes_limit")
+    of = f" of {limit / 2**30:,.1f} GiB" if limit else ""
+    return f"peak {stats['peak_bytes_in_use'] / 2**30:,.2f} GiB{of} in use by JAX on device 0"
+
+
 def measure_pipeline(batch_size: int, num_images: int, seconds: float) -> float:
     """Steady images/s of the training input pipeline (full augmentation, balanced)."""
     from fer_jax.data import pipeline
@@ -294,19 +342,35 @@ def _mflops(value: float) -> str:
     return "—" if math.isnan(value) else f"{value / 1e6:,.1f}"
 
 
-def table_columns(with_torch: bool) -> list[str]:
+def table_columns(with_torch: bool, with_peak: bool = False) -> list[str]:
     columns = ["model", "params", "fwd MFLOP/img", "compile s", "fer_jax train img/s"]
     if with_torch:
         columns += ["PyTorch train img/s", "train ratio"]
+    if with_peak:
+        columns += ["train TFLOP/s", "train % of peak"]
     columns += ["fer_jax eval img/s"]
     if with_torch:
         columns += ["PyTorch eval img/s", "eval ratio", "PyTorch mode (train/eval)"]
+    if with_peak:
+        columns += ["eval % of peak"]
     return columns
 
 
-def format_table(results: Sequence[ModelResult], with_torch: bool) -> str:
-    """A markdown table, one row per model; ratios are fer_jax / PyTorch (above 1: fer_jax faster)."""
-    columns = table_columns(with_torch)
+def _percent_of_peak(images_per_s: float, flops_per_image: float, *, train: bool,
+                     peak_tflops: float) -> str:
+    if math.isnan(flops_per_image):
+        return "—"
+    share = device_peak.share_of_peak(images_per_s, flops_per_image, train=train,
+                                      peak_per_device=peak_tflops, devices=1)
+    return f"{100 * share:.1f}"
+
+
+def format_table(results: Sequence[ModelResult], with_torch: bool,
+                 peak_tflops: float | None = None) -> str:
+    """A markdown table, one row per model; ratios are fer_jax / PyTorch (above 1: fer_jax
+    faster); with PEAK_TFLOPS (all devices together) the steps' TFLOP/s and share of it."""
+    with_peak = peak_tflops is not None
+    columns = table_columns(with_torch, with_peak)
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---" if c == "model" or c.startswith("PyTorch mode") else "---:"
                             for c in columns) + "|"]
@@ -315,10 +379,18 @@ def format_table(results: Sequence[ModelResult], with_torch: bool) -> str:
                  _rate(r.jax_train)]
         if with_torch:
             cells += [_rate(r.torch_train), _ratio(r.jax_train, r.torch_train)]
+        if with_peak:
+            tflops = device_peak.achieved_tflops(r.jax_train, r.flops_per_image, train=True)
+            cells += ["—" if math.isnan(tflops) else f"{tflops:.2f}",
+                      _percent_of_peak(r.jax_train, r.flops_per_image, train=True,
+                                       peak_tflops=peak_tflops)]
         cells += [_rate(r.jax_eval)]
         if with_torch:
             cells += [_rate(r.torch_eval), _ratio(r.jax_eval, r.torch_eval),
                       f"{r.torch_train_setting or '—'} / {r.torch_eval_setting or '—'}"]
+        if with_peak:
+            cells += [_percent_of_peak(r.jax_eval, r.flops_per_image, train=False,
+                                       peak_tflops=peak_tflops)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -333,15 +405,27 @@ def summary_lines(run: BenchRun) -> list[str]:
     elif run.torch_skipped_because:
         lines.append(f"PyTorch not timed: {run.torch_skipped_because}.")
     if run.pipeline_images_per_s is not None:
+        fastest = max((r.jax_train for r in run.results), default=0.0)
+        against = (f": {run.pipeline_images_per_s / fastest:,.1f}x the fastest train step's "
+                   "images/s" if fastest > 0 else "")
         lines.append(f"Input pipeline (tf.data, full augmentation, balanced sampling): "
-                     f"{run.pipeline_images_per_s:,.0f} images/s.")
+                     f"{run.pipeline_images_per_s:,.0f} images/s{against}.")
+    if run.tensorflow_gpus:
+        lines.append(f"TensorFlow: {run.tensorflow_gpus}.")
+    if run.device_memory:
+        lines.append(f"Device memory: {run.device_memory}.")
+    if run.peak_tflops is not None:
+        lines.append(f"Peak: {run.peak_tflops:,.1f} TFLOP/s for {run.devices} at "
+                     f"{run.compute_dtype} ({run.peak_source}); a train step counted as "
+                     f"{device_peak.TRAIN_FLOPS_PER_FORWARD:g}x the forward FLOPs.")
     lines.append("compile s: the first train step's time less a steady step's.")
     return lines
 
 
 def format_report(run: BenchRun) -> str:
     body = "\n".join(summary_lines(run))
-    return f"{body}\n\n{format_table(run.results, run.torch_version is not None)}\n"
+    table = format_table(run.results, run.torch_version is not None, run.peak_tflops)
+    return f"{body}\n\n{table}\n"
 
 
 # ------------------------------------------------------------------------------ notes
@@ -442,6 +526,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="time the PyTorch copies too (default: when PyTorch is installed)")
     parser.add_argument("--pipeline-images", type=int, default=28_709,
                         help="images per epoch for the input-pipeline measurement; 0 skips it")
+    parser.add_argument("--peak-tflops", type=_positive(float), default=None,
+                        help="peak TFLOP/s of one device at the compute dtype, for the share-of-peak "
+                             "columns (default: the vendor's figure for known accelerators)")
     parser.add_argument("--cpu-devices", type=int, default=0,
                         help="on a CPU, the cores as this many devices (0: the trainer's default, "
                              "a power of two up to the cores; 1: one device)")
@@ -480,7 +567,8 @@ def resolve_torch(wanted: bool | None):
 
 def run_bench(models: Sequence[str], *, batch_size: int, seconds: float, rounds: int,
               compute_dtype: str, torch_bench, pipeline_images: int,
-              torch_skipped_because: str | None = None, progress=print) -> BenchRun:
+              torch_skipped_because: str | None = None, peak_tflops: float | None = None,
+              progress=print) -> BenchRun:
     import jax
 
     if batch_size % jax.device_count():
@@ -503,10 +591,15 @@ def run_bench(models: Sequence[str], *, batch_size: int, seconds: float, rounds:
     torch_version = None
     if torch_bench is not None:
         torch_version = importlib.import_module("torch").__version__
+    peak, peak_source = devices_peak(compute_dtype, peak_tflops)
+    on_accelerator = jax.default_backend() != "cpu"
     return BenchRun(results=results, pipeline_images_per_s=pipeline_rate, batch_size=batch_size,
                     seconds=seconds, rounds=rounds, compute_dtype=compute_dtype, devices=devices,
                     threads=threads, torch_version=torch_version,
-                    torch_skipped_because=torch_skipped_because)
+                    torch_skipped_because=torch_skipped_because, peak_tflops=peak,
+                    peak_source=peak_source,
+                    tensorflow_gpus=tensorflow_gpu_report() if on_accelerator else None,
+                    device_memory=device_memory_report())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -521,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = run_bench(args.models, batch_size=args.batch_size, seconds=args.seconds,
                     rounds=args.rounds, compute_dtype=args.compute_dtype, torch_bench=torch_bench,
                     pipeline_images=args.pipeline_images, torch_skipped_because=skipped,
+                    peak_tflops=args.peak_tflops,
                     progress=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_report(run), end="")
     if args.write_notes:
