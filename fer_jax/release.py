@@ -102,6 +102,18 @@ def confused_with(summary: dict, cls: str) -> str:
     return f"{CLASS_NAMES[first]} and {CLASS_NAMES[second]}"
 
 
+def _usage(name: str) -> list[str]:
+    """The card's commands: the default release needs no --checkpoint, the others name theirs."""
+    flag = "" if name == DEFAULT_NAME else f" --checkpoint release/{name}"
+    argument = "" if name == DEFAULT_NAME else f'"release/{name}"'
+    note = " (no argument: this model)" if name == DEFAULT_NAME else ""
+    return ["```",
+            f"python -m fer_jax.predict photo.jpg{flag}    # faces found by MTCNN, then classified",
+            f"python -m fer_jax.evaluate --data fer2013.csv{flag}  # scores on PublicTest",
+            "```",
+            f"In Python: `fer_jax.predictor.ExpressionPredictor({argument})`{note}."]
+
+
 def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: dict, tta_mode: str,
                data_source: str, source_checkpoint: str, first_stage: dict | None = None) -> str:
     config = meta["config"]
@@ -120,13 +132,9 @@ def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: 
         f"Experiment `{config.get('experiment') or config['model']}`: {config.get('description', '')}",
         "",
         "## Use",
-        "```",
-        "python -m fer_jax.predict photo.jpg            # faces found by MTCNN, then classified",
-        "python -m fer_jax.evaluate --data fer2013.csv  # scores on PublicTest",
-        "```",
-        "In Python: `fer_jax.predictor.ExpressionPredictor()` (no argument: this model). Input: "
-        "48x48 grayscale faces framed as in FER2013; outputs probabilities of angry, disgust, "
-        "fear, happy, sad, surprise, neutral.",
+        *_usage(name),
+        "Input: 48x48 grayscale faces framed as in FER2013; outputs probabilities of angry, "
+        "disgust, fear, happy, sad, surprise, neutral.",
         "",
         "## Data",
         f"Trained on the FER2013 `Training` rows ({data.get('name', '?')}, fingerprint "

@@ -79,3 +79,23 @@ def test_a_second_stage_card_names_the_run_it_started_from(simple_run, tmp_path)
     assert lines[-1].startswith(f"- started from the best checkpoint of `{simple_run}` (experiment `simple_cnn_v1`")
     assert release.stage_one({"init_from": ""}) is None
     assert release.stage_one({"init_from": str(tmp_path / "gone")}) == {"path": str(tmp_path / "gone")}
+
+
+def test_only_the_default_release_is_used_without_a_checkpoint_argument(released, simple_run,
+                                                                         fer_sample_path, tmp_path):
+    default_card = (released[0] / "MODEL_CARD.md").read_text()
+    assert "ExpressionPredictor()` (no argument: this model)" in default_card
+    release.make_release(simple_run, fer_sample_path, name="second", tta="none", out=tmp_path)
+    card = (tmp_path / "second" / "MODEL_CARD.md").read_text()
+    assert "python -m fer_jax.predict photo.jpg --checkpoint release/second" in card
+    assert 'ExpressionPredictor("release/second")' in card and "no argument" not in card
+
+
+def test_release_paths_find_the_shipped_models_outside_a_checkout(tmp_path, monkeypatch):
+    from fer_jax.engine.checkpoint import resolve_checkpoint
+    monkeypatch.chdir(tmp_path)  # no release/ folder here
+    assert resolve_checkpoint("release/final") == release.released_checkpoint("final")
+    with pytest.raises(UserError, match="release/nothing: checkpoint folder not found"):
+        resolve_checkpoint("release/nothing")
+    with pytest.raises(UserError, match="elsewhere: checkpoint folder not found"):
+        resolve_checkpoint("elsewhere")

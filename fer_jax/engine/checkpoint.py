@@ -108,11 +108,22 @@ def _is_step_dir(path: pathlib.Path) -> bool:
     return (path / "variables").is_dir() and (path / "meta").is_dir()
 
 
+def _released_model(path: pathlib.Path) -> pathlib.Path:
+    """release/NAME read from the installed package when the working directory has none,
+    so that the shipped models are found outside a checkout too."""
+    if len(path.parts) == 2 and path.parts[0] == "release":
+        import fer_jax.released
+        installed = pathlib.Path(fer_jax.released.__file__).parent / path.parts[1]
+        if installed.is_dir():
+            return installed
+    raise UserError(f"{path}: checkpoint folder not found")
+
+
 def resolve_checkpoint(path: str | pathlib.Path) -> pathlib.Path:
     """Finds the step folder to evaluate: a run's workdir gives its best checkpoint."""
     path = pathlib.Path(path)
     if not path.exists():
-        raise UserError(f"{path}: checkpoint folder not found")
+        path = _released_model(path)
     if _is_step_dir(path):
         return path
     for candidate in (path / "checkpoints" / BEST, path / BEST, path):
