@@ -11,18 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fer_jax.data.types import CLASS_NAMES, NUM_CLASSES  # noqa: E402
+from fer_jax.plots import save_figure  # noqa: E402
 
 # One colour per split, the same in every figure.
 SPLIT_COLOURS = {"Training": "tab:blue", "PublicTest": "tab:orange", "PrivateTest": "tab:green",
                  "Test": "tab:red", "all": "black"}
-
-
-def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def class_distribution_figure(counts: Mapping[str, np.ndarray], path: str | pathlib.Path) -> pathlib.Path:
@@ -55,7 +48,7 @@ def class_distribution_figure(counts: Mapping[str, np.ndarray], path: str | path
     ax_share.set_title("Class share within each split")
     ax_share.legend(title="split")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sample_faces_figure(images: np.ndarray, labels: np.ndarray, chosen: np.ndarray,
@@ -79,7 +72,7 @@ def sample_faces_figure(images: np.ndarray, labels: np.ndarray, chosen: np.ndarr
                                   ha="right", va="center", fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def mean_faces_figure(means: np.ndarray, class_sizes: np.ndarray, path: str | pathlib.Path,
@@ -110,7 +103,7 @@ def mean_faces_figure(means: np.ndarray, class_sizes: np.ndarray, path: str | pa
     if present.any():
         fig.colorbar(face, cax=fig.add_axes((0.93, 0.53, 0.012, 0.33)), label="pixel (0-255)")
         fig.colorbar(diff, cax=fig.add_axes((0.93, 0.08, 0.012, 0.33)), label="difference")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pixel_histogram_figure(histograms: Mapping[str, np.ndarray], stats: Mapping[str, object],
@@ -138,4 +131,4 @@ def pixel_histogram_figure(histograms: Mapping[str, np.ndarray], stats: Mapping[
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

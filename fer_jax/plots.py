@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from fer_jax.data.types import CLASS_NAMES  # noqa: E402
 
 
-def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
+def save_figure(fig, path: str | pathlib.Path) -> pathlib.Path:
     """Writes FIG to PATH (creating its folder) and closes it."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +40,7 @@ def confusion_matrix_figure(confusion, path: str | pathlib.Path, title: str = "c
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -89,7 +89,7 @@ def face_grid_figure(cells, path: str | pathlib.Path, *, title: str = "",
     if heat is not None:
         bar = fig.add_axes((0.94, 0.15, 0.015, 0.7))
         fig.colorbar(heat, cax=bar, label=overlay_label or "")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def accuracy_curves_figure(curves: dict, path: str | pathlib.Path, *, title: str = "",
@@ -109,4 +109,4 @@ def accuracy_curves_figure(curves: dict, path: str | pathlib.Path, *, title: str
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
