@@ -76,7 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # An ensemble experiment names member experiments: each is trained in turn (resuming
     # any already trained) under WORKDIR/members/NAME, then all are evaluated together.
-    c.ensemble = ml_collections.ConfigDict(dict(members=(), tta="flip"))
+    # weights: one per member (empty: equal); a weight of 0 trains a member that another
+    # one starts from without averaging it in.
+    c.ensemble = ml_collections.ConfigDict(dict(members=(), tta="flip", weights=()))
 
     c.checkpoint = ml_collections.ConfigDict(dict(keep_latest=2, every_steps=500))
     c.log_every_steps = 20
@@ -90,6 +92,11 @@ def base_config() -> ml_collections.ConfigDict:
         mode="offline", project="facial-expression-recognition", experiment_type="baseline",
         num_sample_predictions=32))
     return c
+
+
+def default_workdir(experiment: str) -> str:
+    """Where `python -m fer_jax.train --experiment=NAME` writes without --workdir."""
+    return f"runs/{experiment}"
 
 
 def experiments_dir() -> pathlib.Path:

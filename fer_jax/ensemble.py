@@ -148,7 +148,9 @@ def subset_search(probabilities: Sequence[np.ndarray], labels: np.ndarray, names
 def format_table(result: dict) -> str:
     """Members, then the ensemble: accuracy and macro-F1 per row."""
     names = [f"{m['checkpoint']} ({m['model']})" for m in result["members"]]
-    ensemble_name = f"ensemble of {len(names)} (tta={result['tta']})"
+    weights = result.get("weights")
+    ensemble_name = f"ensemble of {len(names)} (tta={result['tta']}" + (
+        f", weights {' '.join(f'{w:g}' for w in weights)})" if weights else ")")
     width = max(len(n) for n in names + [ensemble_name, "member"]) + 2
     lines = [f"{'member':<{width}}{'accuracy':>10}{'macro_f1':>10}"]
     for name, member in zip(names, result["members"]):

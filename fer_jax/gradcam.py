@@ -1,8 +1,10 @@
 """Grad-CAM (Selvaraju et al. 2017) for any fer_jax model, as pure JAX functions.
 
 The feature map is the output of a layer chosen by path; by default the last
-parameterised layer whose output is still a spatial (B, H, W, C) map, which in every
-registered model is the last conv block before global pooling or flattening. Its
+parameterised layer whose output is still a spatial (B, H, W, C) map of at least 6x6,
+which in the study's models is the last conv block before global pooling or
+flattening (for ResNet-18 with the pooled stem, and VGG-16/19 at 48x48, whose last
+stage is 3x3, the stage before it). Its
 activations and gradient are taken with a flax method interceptor that adds a zero
 `delta` to that layer's output: the gradient with respect to `delta` is the gradient
 with respect to the map, and no model has to be changed to expose it.
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from fer_jax.data.types import IMAGE_SIZE
+from fer_jax.errors import UserError
 
 LayerPath = tuple[str, ...]
 
@@ -25,27 +28,52 @@ def _is_spatial_map(value: Any) -> bool:
     return hasattr(value, "ndim") and value.ndim == 4 and value.shape[1] > 1 and value.shape[2] > 1
 
 
-def find_feature_layer(model: nn.Module, variables: Any,
-                       input_shape: tuple[int, ...] = (1, IMAGE_SIZE, IMAGE_SIZE, 1)) -> LayerPath:
-    """The path of the last layer (in call-completion order) that has variables and
-    outputs a spatial map; a block that wraps its conv, BN and ReLU completes after
-    them, so the block's rectified output is chosen over its inner conv's."""
-    candidates: list[LayerPath] = []
+# A 3x3 map (ResNet-18's last stage at 48x48) says little about where a face is read:
+# each cell covers a third of it. The default layer is the last one at least this fine.
+MIN_DEFAULT_MAP_SIZE = 6
+
+
+def spatial_layers(model: nn.Module, variables: Any,
+                   input_shape: tuple[int, ...] = (1, IMAGE_SIZE, IMAGE_SIZE, 1)
+                   ) -> dict[LayerPath, tuple[int, int]]:
+    """The layers that have variables and output a spatial map, with the map's (H, W),
+    in call-completion order (a block that wraps its conv, BN and ReLU completes after
+    them)."""
+    candidates: dict[LayerPath, tuple[int, int]] = {}
 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         # Parameter-free layers (dropout) would pick a map past the last conv's.
         if (context.method_name == "__call__" and context.module.path and _is_spatial_map(out)
                 and jax.tree.leaves(context.module.variables)):
-            candidates.append(tuple(context.module.path))
+            candidates.setdefault(tuple(context.module.path), tuple(out.shape[1:3]))
         return out
 
     with nn.intercept_methods(record):
         jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
                        jax.ShapeDtypeStruct(input_shape, jnp.float32))
+    return candidates
+
+
+def find_feature_layer(model: nn.Module, variables: Any, name: str | None = None,
+                       input_shape: tuple[int, ...] = (1, IMAGE_SIZE, IMAGE_SIZE, 1)) -> LayerPath:
+    """The layer named `name` ('stage3_block2' or a slash path such as
+    'stage3_block2/conv2'), which must output a spatial map; without a name, the last
+    such layer whose map is at least MIN_DEFAULT_MAP_SIZE on a side (the last of all if
+    none is): a block's rectified output rather than its inner conv's."""
+    candidates = spatial_layers(model, variables, input_shape)
     if not candidates:
         raise ValueError(f"{type(model).__name__} has no layer with a spatial (B, H, W, C) output")
-    return candidates[-1]
+    if name is None:
+        fine = [path for path, size in candidates.items() if min(size) >= MIN_DEFAULT_MAP_SIZE]
+        return (fine or list(candidates))[-1]
+    wanted = tuple(part for part in name.split("/") if part)
+    if wanted not in candidates:
+        blocks = [c[0] for c in candidates if len(c) == 1] or ["/".join(c) for c in candidates]
+        raise UserError(f"--layer {name}: {type(model).__name__} has no layer of that name with a "
+                        f"spatial output; its blocks are {', '.join(blocks)} (or a slash path to a "
+                        "layer inside one)")
+    return wanted
 
 
 def _class_score_with_features(model: nn.Module, layer: LayerPath, variables: Any, x: jax.Array,

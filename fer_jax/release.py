@@ -129,7 +129,8 @@ def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: 
     return "\n".join([
         f"# Model card: fer_jax `{name}`",
         synthetic_warning,
-        f"Experiment `{config.get('experiment') or config['model']}`: {config.get('description', '')}",
+        f"Experiment `{config.get('experiment') or config['model']}`: {config.get('description', '')}"
+        + (f" (the run's own label: \"{config['run_description']}\")" if config.get("run_description") else ""),
         "",
         "## Use",
         *_usage(name),
@@ -188,8 +189,12 @@ def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: 
 
 
 def make_release(checkpoint, data_path, *, name: str = DEFAULT_NAME, tta: str = "flip_crops",
-                 out: str | pathlib.Path | None = None) -> dict:
-    """Writes OUT/NAME (default release/NAME); returns its metrics."""
+                 out: str | pathlib.Path | None = None, description: str | None = None) -> dict:
+    """Writes OUT/NAME (default release/NAME); returns its metrics.
+
+    `description` replaces the run's one-line label, for runs whose --set overrides made
+    them something other than their experiment's description says; the run's own label
+    stays in the config as `run_description`."""
     import jax
     import orbax.checkpoint as ocp
     from fer_jax.data.cache import load_fer_cached
@@ -216,6 +221,9 @@ def make_release(checkpoint, data_path, *, name: str = DEFAULT_NAME, tta: str = 
     checkpointer.save((staging / "variables").absolute(), variables)
     checkpointer.wait_until_finished()
     kept = {k: meta[k] for k in META_KEYS if k in meta}
+    if description:
+        kept["config"] = {**kept["config"], "description": description,
+                          "run_description": kept["config"].get("description", "")}
     ocp.Checkpointer(ocp.JsonCheckpointHandler()).save((staging / "meta").absolute(), kept)
 
     plain, with_tta = scores(staging, data, ("none", tta))
@@ -251,9 +259,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", default="flip_crops", choices=TTA_MODES,
                         help="test-time augmentation reported beside the plain score")
     parser.add_argument("--out", default=None, help="parent folder (default: the repository's release/)")
+    parser.add_argument("--description", default=None,
+                        help="the model card's one-line label, when the run's own one no longer fits "
+                             "(a run whose --set overrides changed what it is)")
     args = parser.parse_args(argv)
     quiet_tensorflow()
-    metrics = make_release(args.checkpoint, args.data, name=args.name, tta=args.tta, out=args.out)
+    metrics = make_release(args.checkpoint, args.data, name=args.name, tta=args.tta, out=args.out,
+                           description=args.description)
     print(f"released {metrics['path']} ({metrics['bytes'] / 1e6:.1f} MB, {metrics['parameters']:,} parameters)")
     print(f"PublicTest accuracy {metrics['no_tta']['accuracy']:.4f}; with {args.tta} "
           f"{metrics['tta']['accuracy']:.4f} (macro-F1 {metrics['tta']['macro_f1']:.4f})")

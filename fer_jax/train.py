@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from fer_jax.engine import parallel
 
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    workdir = args.workdir or f"runs/{config.experiment}"
+    workdir = args.workdir or config_lib.default_workdir(config.experiment)
 
     if config.ensemble.members:
         from fer_jax.engine.ensemble_training import train_ensemble

@@ -98,6 +98,18 @@ def test_one_member_ensemble_equals_evaluate(simple_run, fer_sample_path, capsys
     assert ensembled[:2] == evaluated[:2]  # accuracy and macro_f1 lines
 
 
+def test_checkpoints_given_relative_to_the_working_directory(simple_run, fer_sample_path, capsys,
+                                                              monkeypatch):
+    """Orbax restores only from absolute paths; users type `runs/NAME`."""
+    assert evaluate.main(["--checkpoint", str(simple_run), "--data", str(fer_sample_path)]) == 0
+    absolute = capsys.readouterr().out.splitlines()[:2]
+    monkeypatch.chdir(simple_run.parent)
+    assert ensemble.main(["--checkpoints", simple_run.name, "--data", str(fer_sample_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == absolute
+    assert evaluate.main(["--checkpoint", simple_run.name, "--data", str(fer_sample_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == absolute
+
+
 def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, fer_sample_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(ensemble.main, ["--checkpoints", str(tmp_path / "nowhere"), "--data", str(fer_sample_path)])

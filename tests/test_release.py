@@ -91,6 +91,18 @@ def test_only_the_default_release_is_used_without_a_checkpoint_argument(released
     assert 'ExpressionPredictor("release/second")' in card and "no argument" not in card
 
 
+def test_a_new_label_replaces_the_runs_own_and_names_it(simple_run, fer_sample_path, tmp_path):
+    _, _, _, _, _, meta = evaluate.load_model(simple_run)
+    ran = meta["config"]["description"]
+    release.make_release(simple_run, fer_sample_path, name="relabelled", tta="none", out=tmp_path,
+                         description="a relabelled run")
+    card = (tmp_path / "relabelled" / "MODEL_CARD.md").read_text()
+    assert f'Experiment `simple_cnn_v1`: a relabelled run (the run\'s own label: "{ran}")' in card
+    _, _, _, _, _, released_meta = evaluate.load_model(tmp_path / "relabelled")
+    assert released_meta["config"]["description"] == "a relabelled run"
+    assert released_meta["config"]["run_description"] == ran
+
+
 def test_release_paths_find_the_shipped_models_outside_a_checkout(tmp_path, monkeypatch):
     from fer_jax.engine.checkpoint import resolve_checkpoint
     monkeypatch.chdir(tmp_path)  # no release/ folder here

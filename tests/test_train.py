@@ -16,6 +16,7 @@ from fer_jax import config as config_lib
 from fer_jax.data.source import prepare_data
 from fer_jax.engine.checkpoint import resolve_checkpoint, restore_variables
 from fer_jax.engine.trainer import TrainingDiverged, train_and_evaluate
+from fer_jax.errors import UserError
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
 
@@ -190,7 +191,6 @@ def test_a_workdir_of_another_run_is_refused_not_overwritten(prepared, tmp_path)
     train_and_evaluate(small_config(max_train_steps=1), tmp_path, prepared=prepared, progress=False)
     other = small_config(max_train_steps=2)
     other.model = "simple_cnn_v1"
-    from fer_jax.errors import UserError
     with pytest.raises(UserError, match="different config .*model"):
         train_and_evaluate(other, tmp_path, prepared=prepared, progress=False)
 
@@ -200,7 +200,6 @@ def test_a_damaged_checkpoint_gets_a_clear_error(prepared, tmp_path):
     for path in (tmp_path / "checkpoints" / "latest" / "1" / "variables").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"garbage")
-    from fer_jax.errors import UserError
     with pytest.raises(UserError, match="cannot resume from this checkpoint"):
         train_and_evaluate(small_config(max_train_steps=2), tmp_path, prepared=prepared, progress=False)
 
@@ -220,6 +219,7 @@ def test_a_few_hundred_steps_on_real_data_learn_more_than_the_majority_class(pre
 def test_ensemble_experiment_trains_members_in_turn_and_resumes_them(fer_sample_path, tmp_path):
     command = [sys.executable, "-m", "fer_jax.train", "--experiment=ensemble", f"--data={fer_sample_path}",
                f"--workdir={tmp_path}", "--no-progress", "--set", "ensemble.members=('simple_cnn_v1','simple_cnn_v2')",
+               "--set", "ensemble.weights=()",
                "--set", "max_train_steps=2", "--set", "batch_size=32", "--set", "wandb.mode=disabled",
                "--set", "ensemble.tta=none"]
     first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
@@ -232,6 +232,35 @@ def test_ensemble_experiment_trains_members_in_turn_and_resumes_them(fer_sample_
     assert again.returncode == 0, again.stderr[-3000:]
     # Members already trained are resumed (nothing left to do), not trained again.
     assert again.stderr.count("resuming from step 2") == 2
+
+
+def test_a_second_stage_member_starts_from_the_member_trained_before_it(fer_sample_path, tmp_path):
+    """`final` starts from runs/resnet; inside an ensemble, from the ensemble's own resnet
+    member. A weight of 0 trains a member without averaging it in."""
+    command = [sys.executable, "-m", "fer_jax.train", "--experiment=ensemble", f"--data={fer_sample_path}",
+               f"--workdir={tmp_path}", "--no-progress", "--set", "ensemble.members=('resnet','final')",
+               "--set", "ensemble.weights=(0,1)", "--set", "ensemble.tta=none", "--set", "model_kwargs.width=4",
+               "--set", "max_train_steps=2", "--set", "batch_size=32", "--set", "wandb.mode=disabled"]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"initialized from {tmp_path / 'members' / 'resnet' / 'checkpoints' / 'best'}" in done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["weights"] == [0.0, 1.0]
+    resnet, final = summary["member_results"]
+    assert summary["ensemble"]["accuracy"] == final["accuracy"]
+    assert "ensemble of 2 (tta=none, weights 0 1)" in done.stderr
+
+
+def test_ensemble_members_and_weights_are_checked(tmp_path):
+    from fer_jax.engine import ensemble_training
+    final = ensemble_training.member_config("final", [])
+    with pytest.raises(UserError, match="list resnet before final"):
+        ensemble_training._start_from_member(final, "final", ["final", "resnet"], tmp_path)
+    ensemble_training._start_from_member(final, "final", ["resnet", "final"], tmp_path)
+    assert final.init_from == str(tmp_path / "members" / "resnet")
+    config = config_lib.apply_overrides(config_lib.load_experiment("ensemble"), ["ensemble.weights=(1,1)"])
+    with pytest.raises(UserError, match="2 values for 3 members"):
+        ensemble_training.train_ensemble(config, tmp_path, overrides=[])
 
 
 def test_a_run_saved_before_new_config_keys_existed_still_resumes(prepared, tmp_path):

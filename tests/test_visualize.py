@@ -98,6 +98,8 @@ def test_gradcam_of_a_coarse_map_peaks_where_the_evidence_is():
     ("simple_cnn_v2", {"widths": (4, 4)}, ("BatchNorm_1",)),
     ("cbam_cnn", {"widths": (4, 4, 4)}, ("cbam_2",)),
     ("resnet18", {"width": 2}, ("stage4_block2",)),
+    # the pooled stem leaves stage 4 a 3x3 map, too coarse to show where: stage 3's 6x6
+    ("resnet18", {"width": 2, "stem": "pool"}, ("stage3_block2",)),
     # VGG's last Dropout sees a 3x3 map after the last pool; Grad-CAM must stop at the conv block
     ("vgg_fer", {"widths": (2, 2, 2, 2), "dense_width": 4}, ("ConvBNReLU_7",)),
 ])
@@ -106,6 +108,17 @@ def test_feature_layer_is_the_last_conv_block_before_pooling(name, kwargs, expec
     x = jax.ShapeDtypeStruct((1, 48, 48, 1), jnp.float32)
     variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape), train=False), jax.random.key(0))
     assert find_feature_layer(model, variables) == expected
+
+
+def test_a_named_feature_layer_is_found_and_a_wrong_name_lists_the_blocks():
+    model = get_model("resnet18", width=2)
+    x = jax.ShapeDtypeStruct((1, 48, 48, 1), jnp.float32)
+    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape), train=False), jax.random.key(0))
+    assert find_feature_layer(model, variables, "stage3_block2") == ("stage3_block2",)
+    assert find_feature_layer(model, variables, "stage3_block2/conv2") == ("stage3_block2", "conv2")
+    with pytest.raises(UserError, match="no layer of that name") as error:
+        find_feature_layer(model, variables, "stage5")
+    assert "stem, stage1_block1," in str(error.value) and "stage4_block2 " in str(error.value)
 
 
 def test_gradcam_on_a_registered_model_is_bounded_and_per_example():
@@ -163,6 +176,14 @@ def test_command_on_cbam_writes_every_figure_from_the_training_data(cbam_run, tm
         assert str(out / name) in printed
     assert "Grad-CAM layer: cbam_2" in printed
     assert "PublicTest rows of" in printed and "fer2013" in printed
+
+
+def test_command_reads_the_layer_it_is_given(cbam_run, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert visualize.main(["--checkpoint", str(cbam_run), "--out", str(out), "--mean-count", "4",
+                           "--layer", "cbam_1"]) == 0
+    assert "Grad-CAM layer: cbam_1" in capsys.readouterr().out
+    _assert_png(out / "gradcam_mean.png")
 
 
 def test_command_on_a_model_without_attention_says_so(simple_run, fer_sample_path, tmp_path, capsys):

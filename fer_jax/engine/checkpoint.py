@@ -108,22 +108,24 @@ def _is_step_dir(path: pathlib.Path) -> bool:
     return (path / "variables").is_dir() and (path / "meta").is_dir()
 
 
-def _released_model(path: pathlib.Path) -> pathlib.Path:
+def _released_model(given: pathlib.Path) -> pathlib.Path:
     """release/NAME read from the installed package when the working directory has none,
     so that the shipped models are found outside a checkout too."""
-    if len(path.parts) == 2 and path.parts[0] == "release":
+    if len(given.parts) == 2 and given.parts[0] == "release":
         import fer_jax.released
-        installed = pathlib.Path(fer_jax.released.__file__).parent / path.parts[1]
+        installed = pathlib.Path(fer_jax.released.__file__).parent / given.parts[1]
         if installed.is_dir():
             return installed
-    raise UserError(f"{path}: checkpoint folder not found")
+    raise UserError(f"{given}: checkpoint folder not found")
 
 
-def resolve_checkpoint(path: str | pathlib.Path) -> pathlib.Path:
-    """Finds the step folder to evaluate: a run's workdir gives its best checkpoint."""
-    path = pathlib.Path(path)
+def resolve_checkpoint(given: str | pathlib.Path) -> pathlib.Path:
+    """Finds the step folder to evaluate: a run's workdir gives its best checkpoint.
+
+    The folder comes back absolute, since Orbax refuses to restore from a relative one."""
+    path = pathlib.Path(given).absolute()
     if not path.exists():
-        path = _released_model(path)
+        path = _released_model(pathlib.Path(given))
     if _is_step_dir(path):
         return path
     for candidate in (path / "checkpoints" / BEST, path / BEST, path):
@@ -149,8 +151,9 @@ def restore_variables(step_dir: pathlib.Path, target: Any | None = None) -> Any:
     """Restores params and batch_stats as host arrays (any device count can use them)."""
     try:
         checkpointer = ocp.StandardCheckpointer()
-        restored = checkpointer.restore(step_dir / "variables", target) if target is not None \
-            else checkpointer.restore(step_dir / "variables")
+        folder = pathlib.Path(step_dir).absolute() / "variables"
+        restored = checkpointer.restore(folder, target) if target is not None \
+            else checkpointer.restore(folder)
     except Exception as err:
         raise UserError(f"{step_dir}: cannot restore the model's variables ({err}); the checkpoint "
                         "is partial or of another model") from None

@@ -8,6 +8,7 @@ import sys
 from fer_jax import config as config_lib
 from fer_jax.data.source import prepare_data
 from fer_jax.engine.trainer import train_and_evaluate
+from fer_jax.errors import UserError
 
 # Overrides that configure the ensemble itself, not its members.
 _ENSEMBLE_ONLY = ("ensemble.",)
@@ -19,6 +20,25 @@ def member_config(name: str, overrides: list[str]):
                                       [o for o in overrides if not o.startswith(_ENSEMBLE_ONLY)])
 
 
+def _start_from_member(member, name: str, members: list[str], workdir: pathlib.Path) -> None:
+    """A second-stage member (`final` starts from runs/resnet) starts from the member
+    trained here under that experiment's name, not from a run outside the ensemble."""
+    for i, other in enumerate(members):
+        if other != name and member.init_from == config_lib.default_workdir(other):
+            if i > members.index(name):
+                raise UserError(f"ensemble.members: {name} starts from {other}'s run "
+                                f"(init_from={member.init_from}); list {other} before {name}")
+            member.init_from = str(workdir / "members" / other)
+
+
+def _weights(config) -> list[float] | None:
+    weights = [float(w) for w in config.ensemble.weights]
+    if weights and len(weights) != len(config.ensemble.members):
+        raise UserError(f"ensemble.weights has {len(weights)} values for "
+                        f"{len(config.ensemble.members)} members")
+    return weights or None
+
+
 def train_ensemble(config, workdir: str | pathlib.Path, *, overrides: list[str],
                    data_path: str | None = None, progress: bool = True) -> dict:
     """Trains (or resumes) every member under WORKDIR/members/NAME, then evaluates the
@@ -27,20 +47,23 @@ def train_ensemble(config, workdir: str | pathlib.Path, *, overrides: list[str],
 
     workdir = pathlib.Path(workdir)
     members = list(config.ensemble.members)
+    weights = _weights(config)
     prepared = None
     checkpoints = []
     for i, name in enumerate(members, start=1):
         print(f"ensemble member {i}/{len(members)}: {name}", file=sys.stderr)
         member = member_config(name, overrides)
+        _start_from_member(member, name, members, workdir)
         prepared = prepared or prepare_data(member.data, data_path)
         summary = train_and_evaluate(member, workdir / "members" / name, prepared=prepared,
                                      progress=progress)
         checkpoints.append(summary["best_checkpoint"])
     validation = prepared.splits.validation
     result = evaluate_ensemble(checkpoints, validation.images, validation.labels,
-                               tta=config.ensemble.tta)
+                               tta=config.ensemble.tta, weights=weights)
     print(format_table(result), file=sys.stderr)
     summary = {"experiment": config.experiment, "members": members, "tta": config.ensemble.tta,
+               "weights": weights,
                "data": prepared.identity, "synthetic": prepared.synthetic,
                "best_val_accuracy": result["ensemble"]["accuracy"],
                "ensemble": result["ensemble"], "member_results": result["members"],
