@@ -1,7 +1,8 @@
 """cbam: the seed study's CNN with CBAM attention.
 
 Redoes the seed's CBAM experiment (three conv stages of 32/64/128 with channel and
-spatial attention). The seed expected 60-65% but reported no run.
+spatial attention). The seed expected 60-65% but reported no run. Here: 66.2%
+PublicTest after 30 epochs (66.8% ten-crop), 111 minutes; a member of `ensemble`.
 """
 from fer_jax.experiments._common import seed_augmentation
 from fer_jax.config import base_config

@@ -5,7 +5,8 @@ Redoes the seed's ResNet experiment, which reported no figure. Stage widths are
 max-pool, so the stages see 24, 12, 6 and 3 pixels: about 1/16 of the compute of
 the full-width ResNet-18 without pooling (which trains at about 19 images/s on a
 2-core CPU against 290 for this one; set model_kwargs.width=64 and
-model_kwargs.stem=cifar for it).
+model_kwargs.stem=cifar for it). It is the first stage of `final`, which starts from
+runs/resnet. Here: 65.3% PublicTest after 30 epochs (67.0% ten-crop), 66 minutes.
 """
 from fer_jax.experiments._common import seed_augmentation
 from fer_jax.config import base_config
