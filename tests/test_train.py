@@ -263,6 +263,15 @@ def test_ensemble_members_and_weights_are_checked(tmp_path):
         ensemble_training.train_ensemble(config, tmp_path, overrides=[])
 
 
+def test_rerunning_a_finished_run_says_it_has_finished(prepared, tmp_path, capsys):
+    first = train_and_evaluate(small_config(epochs=1), tmp_path, prepared=prepared, progress=False)
+    capsys.readouterr()
+    again = train_and_evaluate(small_config(epochs=1), tmp_path, prepared=prepared, progress=False)
+    err = capsys.readouterr().err
+    assert f"resuming from step {first['steps']}: the run has finished (all 1 epochs done)" in err
+    assert "(epoch 2," not in err and again["steps"] == first["steps"]
+
+
 def test_a_run_saved_before_new_config_keys_existed_still_resumes(prepared, tmp_path):
     """Keys the project adds later (at their defaults) do not block resuming an older run."""
     import orbax.checkpoint as ocp

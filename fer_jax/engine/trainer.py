@@ -164,7 +164,12 @@ def _resume(checkpoints: RunCheckpoints, state: TrainState, meta: dict, data_ide
     variables, train, saved = checkpoints.restore_latest(*_split_state(state))
     meta.update({k: v for k, v in saved.items() if k != "config"})
     state = _join_state(variables, train)
-    if announce:
+    if announce and (meta["epoch"] >= config_dict["epochs"] or meta["stopped_early"]):
+        # "Resuming from epoch 31" of a 30-epoch run reads like a bug; it is a finished run.
+        why = "stopped early" if meta["stopped_early"] else f"all {config_dict['epochs']} epochs done"
+        print(f"resuming from step {int(state.step)}: the run has finished ({why}); nothing left "
+              "to train, evaluating its best checkpoint", file=sys.stderr)
+    elif announce:
         print(f"resuming from step {int(state.step)} (epoch {meta['epoch'] + 1}, "
               f"batch {meta['batch_in_epoch']})", file=sys.stderr)
     return state
