@@ -105,6 +105,12 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict:
     return summarize_confusion(confusion)
 
 
+def check_weight_values(weights: Sequence[float]) -> None:
+    """Averaging weights must be non-negative with a positive sum."""
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError("weights must be non-negative with a positive sum")
+
+
 def evaluate_ensemble(checkpoints: Sequence[str | pathlib.Path], images: np.ndarray, labels: np.ndarray,
                       tta: str = "none", weights: Sequence[float] | None = None,
                       batch_size: int = 256) -> dict:
@@ -113,8 +119,8 @@ def evaluate_ensemble(checkpoints: Sequence[str | pathlib.Path], images: np.ndar
     tta_views(images[:0], tta)  # an unknown mode fails before any model is loaded
     if weights is not None and len(weights) != len(checkpoints):
         raise UserError(f"{len(weights)} weights for {len(checkpoints)} checkpoints")
-    if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
-        raise UserError("weights must be non-negative with a positive sum")
+    if weights is not None:
+        check_weight_values(weights)
     members, all_probs = [], []
     for checkpoint in checkpoints:
         info, predict = _load_member(checkpoint, batch_size)

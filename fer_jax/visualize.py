@@ -62,13 +62,13 @@ def _batched(fn, arrays: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
 
 
 def gradcam_heatmaps(model, variables, norm: dict, images: np.ndarray, classes: np.ndarray,
-                     batch_size: int = 64, layer_name: str | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+                     batch_size: int = 64, layer: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
     """(N, 48, 48) Grad-CAM maps in [0, 1] for uint8 faces and classes, and the layer used
-    (`layer_name`, or the last spatial one)."""
+    (`layer`, or find_feature_layer's default)."""
     from fer_jax.engine.inference import normalize_images
     from fer_jax.gradcam import find_feature_layer, jitted_gradcam
 
-    layer = find_feature_layer(model, variables, layer_name)
+    layer = layer or find_feature_layer(model, variables)
     if len(images) == 0:
         return np.zeros((0,) + images.shape[1:], np.float32), layer
     fn = jitted_gradcam(model, layer)
@@ -151,7 +151,7 @@ def predictions_figure(data, probs: np.ndarray, correct: list[np.ndarray], wrong
 
 
 def gradcam_figure(model, variables, norm, data, probs, correct, wrong, path, model_name,
-                   layer_name: str | None = None) -> tuple[pathlib.Path, tuple]:
+                   layer: tuple[str, ...] | None = None) -> tuple[pathlib.Path, tuple]:
     """Per class: one correct face with its Grad-CAM, one wrong face with the maps of
     the predicted and of the true class."""
     from fer_jax.plots import FaceCell, face_grid_figure
@@ -163,7 +163,7 @@ def gradcam_figure(model, variables, norm, data, probs, correct, wrong, path, mo
     rows_w = np.concatenate(first_wrong).astype(np.int64)
     indices = np.concatenate([rows_c, rows_w, rows_w])
     classes = np.concatenate([data.labels[rows_c], predictions[rows_w], data.labels[rows_w]])
-    maps, layer = gradcam_heatmaps(model, variables, norm, data.images[indices], classes, layer_name=layer_name)
+    maps, layer = gradcam_heatmaps(model, variables, norm, data.images[indices], classes, layer=layer)
     heat = {("correct", i): m for i, m in zip(rows_c, maps[:len(rows_c)])}
     heat.update({("pred", i): m for i, m in zip(rows_w, maps[len(rows_c):len(rows_c) + len(rows_w)])})
     heat.update({("true", i): m for i, m in zip(rows_w, maps[len(rows_c) + len(rows_w):])})
@@ -194,14 +194,14 @@ def gradcam_figure(model, variables, norm, data, probs, correct, wrong, path, mo
 
 
 def gradcam_mean_figure(model, variables, norm, data, correct_many, path, model_name,
-                        layer_name: str | None = None) -> pathlib.Path:
+                        layer: tuple[str, ...] | None = None) -> pathlib.Path:
     """Per class, the mean Grad-CAM of the true class over correctly classified faces,
     over their mean face."""
     from fer_jax.plots import FaceCell, face_grid_figure
 
     indices = np.concatenate(correct_many).astype(np.int64)
     maps, layer = gradcam_heatmaps(model, variables, norm, data.images[indices], data.labels[indices],
-                                   layer_name=layer_name)
+                                   layer=layer)
     row = []
     for rows, mean_map in _class_mean_maps(maps, correct_many, 0):
         if mean_map is None:
@@ -273,9 +273,12 @@ def run(checkpoint, data_path, split: str, out, per_class: int, mean_count: int,
     from fer_jax.data.cache import load_fer_cached
     from fer_jax.engine.inference import Predictor
     from fer_jax.evaluate import load_model, select_split
+    from fer_jax.gradcam import find_feature_layer
     from fer_jax.plots import confusion_matrix_figure
 
     config, model, variables, norm, step_dir, meta = load_model(checkpoint)
+    # Resolved before any data is read or figure written: a wrong --layer fails at once.
+    layer = find_feature_layer(model, variables, layer_name)
     notes = [f"checkpoint: {step_dir}"]
     if data_path is None:
         data_path = training_data_path(meta, step_dir)
@@ -304,10 +307,10 @@ def run(checkpoint, data_path, split: str, out, per_class: int, mean_count: int,
     written = [confusion_matrix_figure(confusion, out / "confusion_matrix.png",
                                        title=f"{title} on {split} (accuracy {summary['accuracy']:.1%})"),
                predictions_figure(data, probs, correct, wrong, per_class, out / "predictions.png", title)]
-    figure, layer = gradcam_figure(model, variables, norm, data, probs, correct, wrong, out / "gradcam.png", title,
-                                   layer_name)
+    figure, _ = gradcam_figure(model, variables, norm, data, probs, correct, wrong, out / "gradcam.png", title,
+                               layer)
     written += [figure, gradcam_mean_figure(model, variables, norm, data, correct_many,
-                                            out / "gradcam_mean.png", title, layer_name)]
+                                            out / "gradcam_mean.png", title, layer)]
     notes.append(f"Grad-CAM layer: {'/'.join(layer)}")
 
     # One face per class for the attention samples: a correct one where there is one.
@@ -344,8 +347,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing the sample faces")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--layer", default=None,
-                        help="the layer Grad-CAM reads, e.g. stage3_block2 (default: the last one with a "
-                             "spatial output; a wrong name lists the others)")
+                        help="the layer Grad-CAM reads, e.g. stage3_block2 (default: the last one whose "
+                             "map is at least 6x6; a wrong name lists the blocks)")
     args = parser.parse_args(argv)
     if args.per_class < 1 or args.mean_count < 1 or args.batch_size < 1:
         raise UserError("--per-class, --mean-count and --batch-size must be at least 1")

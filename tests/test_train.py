@@ -261,6 +261,10 @@ def test_ensemble_members_and_weights_are_checked(tmp_path):
     config = config_lib.apply_overrides(config_lib.load_experiment("ensemble"), ["ensemble.weights=(1,1)"])
     with pytest.raises(UserError, match="2 values for 3 members"):
         ensemble_training.train_ensemble(config, tmp_path, overrides=[])
+    config = config_lib.apply_overrides(config_lib.load_experiment("ensemble"), ["ensemble.weights=(0,0,0)"])
+    with pytest.raises(UserError, match="non-negative with a positive sum"):
+        ensemble_training.train_ensemble(config, tmp_path, overrides=[])
+    assert not (tmp_path / "members").exists()  # refused before any member trained
 
 
 def test_rerunning_a_finished_run_says_it_has_finished(prepared, tmp_path, capsys):

@@ -201,6 +201,13 @@ def test_command_on_a_model_without_attention_says_so(simple_run, fer_sample_pat
     assert "no spatial attention maps" in printed and "simple_cnn_v1" in printed
 
 
+def test_a_wrong_layer_name_is_refused_before_anything_is_written(cbam_run, tmp_path):
+    out = tmp_path / "figures"
+    with pytest.raises(UserError, match="--layer nope: .* its blocks are .*cbam_2"):
+        visualize.main(["--checkpoint", str(cbam_run), "--out", str(out), "--layer", "nope"])
+    assert not out.exists()
+
+
 def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, fer_sample_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run([sys.executable, "-m", "fer_jax.visualize", "--checkpoint", str(tmp_path),

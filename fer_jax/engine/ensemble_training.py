@@ -36,6 +36,10 @@ def _weights(config) -> list[float] | None:
     if weights and len(weights) != len(config.ensemble.members):
         raise UserError(f"ensemble.weights has {len(weights)} values for "
                         f"{len(config.ensemble.members)} members")
+    if weights:
+        # Checked before the members train (hours), not when they are averaged.
+        from fer_jax.ensemble import check_weight_values
+        check_weight_values(weights)
     return weights or None
 
 
