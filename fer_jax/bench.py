@@ -81,6 +81,7 @@ class JaxSteps:
     flops_per_image: float
     first_train_step_s: float
     devices: str
+    runner: Any = None  # the StepRunner behind both steps
 
 
 def bench_config(model: str, batch_size: int, compute_dtype: str):
@@ -163,7 +164,7 @@ def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "fl
     devices = jax.devices()
     return JaxSteps(train_step=train, eval_step=evaluate, params=params, flops_per_image=flops,
                     first_train_step_s=first_train_step_s,
-                    devices=f"{len(devices)} x {devices[0].device_kind}")
+                    devices=f"{len(devices)} x {devices[0].device_kind}", runner=runner)
 
 
 # ----------------------------------------------------------------------------- PyTorch

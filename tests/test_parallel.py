@@ -115,3 +115,48 @@ def test_a_checkpoint_resumes_and_evaluates_on_another_device_count(fer_sample_p
                                timeout=400)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert evaluated.stdout.startswith("accuracy: ")
+
+
+IN_FLIGHT_WORKER = os.path.join(os.path.dirname(__file__), "in_flight_worker.py")
+
+
+def test_many_steps_dispatched_ahead_do_not_stall_split_cpu_devices():
+    # Without a bound on the steps in flight, 150 train + 600 eval steps queued on two CPU
+    # devices stalled their all-reduce rendezvous and XLA aborted the process (exit 134;
+    # its timeout shortened here from 40 s to 5 s). The runner keeps at most 8 unfinished.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                         "--xla_cpu_collective_call_terminate_timeout_seconds=5")
+    done = subprocess.run([sys.executable, IN_FLIGHT_WORKER, "150", "600"], env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "devices=2 most_in_flight=8 limit=8" in done.stdout
+
+
+def test_step_runner_waits_for_the_oldest_step_beyond_its_limit():
+    import jax
+    import jax.numpy as jnp
+
+    from fer_jax.engine.parallel import DATA_AXIS, StepRunner
+
+    def train_fn(state, batch, rng):
+        return state + 1.0, {"loss": jax.lax.pmean(jnp.mean(batch["x"]), DATA_AXIS)}
+
+    def eval_fn(state, batch):
+        return {"sum": jax.lax.psum(jnp.sum(batch["x"]) * state, DATA_AXIS)}
+
+    with pytest.raises(ValueError, match="max_in_flight"):
+        StepRunner(train_fn, eval_fn, max_in_flight=0)
+    runner = StepRunner(train_fn, eval_fn, max_in_flight=3)
+    state = runner.to_devices(jnp.zeros(()))
+    batch = {"x": np.ones((jax.device_count() * 2,), np.float32)}
+    seen = []
+    for _ in range(5):
+        state, _ = runner.train(state, batch, jax.random.PRNGKey(0))
+        seen.append(runner.steps_in_flight)
+    for _ in range(4):
+        out = runner.eval(state, batch)
+        seen.append(runner.steps_in_flight)
+    assert seen == [1, 2, 3, 3, 3, 3, 3, 3, 3]
+    assert float(runner.to_host(state)) == 5.0
+    assert float(runner.to_host(out)["sum"]) == 5.0 * 2 * jax.device_count()

@@ -6,6 +6,7 @@ under `jax.jit` + `jax.shard_map` over a mesh of all devices (the default).
 """
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Callable
 
@@ -14,6 +15,14 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+
+# Steps a StepRunner lets run ahead of the host. With the CPU split into devices
+# (cpu_devices), every all-reduce is an in-process rendezvous of the devices' threads;
+# with a few hundred steps queued on the 2-core machine the participants stopped
+# arriving and XLA aborted the process after its 40 s rendezvous timeout (100 train or
+# 500 eval steps in flight did; 50 and 200 did not; BUILD_NOTES). Eight keep the queue
+# full: no slower than 50 in the same measurement.
+MAX_STEPS_IN_FLIGHT = 8
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -70,10 +79,16 @@ class StepRunner:
     layout the mode needs, converted with `to_devices` / `to_host`.
     """
 
-    def __init__(self, train_fn: Callable, eval_fn: Callable, mode: str = "jit"):
+    def __init__(self, train_fn: Callable, eval_fn: Callable, mode: str = "jit",
+                 max_in_flight: int = MAX_STEPS_IN_FLIGHT):
         if mode not in ("jit", "pmap"):
             raise ValueError(f"parallel mode must be 'jit' or 'pmap', got {mode!r}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.mode = mode
+        self.max_in_flight = max_in_flight
+        # Outputs of the steps dispatched and maybe unfinished, oldest first.
+        self._in_flight: collections.deque = collections.deque()
         if mode == "jit":
             self.mesh = data_mesh()
             # check_vma=False: gradients are averaged by the explicit pmean in the step,
@@ -111,11 +126,26 @@ class StepRunner:
         n = jax.local_device_count()
         return {k: v.reshape((n, -1) + v.shape[1:]) for k, v in batch.items()}
 
+    def _dispatched(self, outputs: Any) -> None:
+        """Waits for the oldest dispatched steps until at most max_in_flight are unfinished."""
+        self._in_flight.append(outputs)
+        while len(self._in_flight) > self.max_in_flight:
+            jax.block_until_ready(self._in_flight.popleft())
+
+    @property
+    def steps_in_flight(self) -> int:
+        """Dispatched steps not yet known to be finished (at most max_in_flight)."""
+        return len(self._in_flight)
+
     def train(self, state, batch, rng):
-        return self._train(state, self._shard(batch), rng)
+        state, metrics = self._train(state, self._shard(batch), rng)
+        # The metrics, not the state: the state is donated to the next step.
+        self._dispatched(metrics)
+        return state, metrics
 
     def eval(self, state, batch):
         out = self._eval(state, self._shard(batch))
+        self._dispatched(out)
         if self.mode == "pmap":
             out = jax.tree.map(lambda x: x[0], out)
         return out
