@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.balanced_sampling = False
     c.class_weighted_loss = False
     c.label_smoothing = 0.0
+    # The validation after each epoch (which also picks the best checkpoint): "none", or
+    # "flip" (each face and its mirror image, class probabilities averaged).
+    c.eval_tta = "none"
 
     c.epochs = 30
     c.batch_size = 64

@@ -178,3 +178,33 @@ def test_every_experiment_has_the_required_keys_and_builds_its_model():
             assert key in config, (name, key)
         assert config.experiment == name
         build_model(config)  # the model name and its kwargs are valid
+
+
+def test_flip_tta_validation_scores_the_mean_of_a_face_and_its_mirror():
+    config = _config(learning_rate=0.0)
+    model = build_model(config, bn_axis_name=DATA_AXIS)
+    tx = optim.make_optimizer(config)
+    state = init_state(config, model, tx, optim.make_plateau(config))
+    rng = np.random.default_rng(3)
+    # Faces that are not mirror-symmetric, so that the mirror changes the logits.
+    batch = {"image": rng.normal(size=(16, 48, 48, 1)).astype(np.float32),
+             "label": rng.integers(0, 7, size=16).astype(np.int32), "mask": np.ones(16, bool)}
+    batch["mask"][-3:] = False  # padding rows stay out of every sum
+    sums = {}
+    for tta in ("none", "flip"):
+        train_fn, eval_fn = make_step_fns(model.apply, tx, None, 0.0, eval_tta=tta)
+        runner = StepRunner(train_fn, eval_fn, "jit")
+        sums[tta] = runner.to_host(runner.eval(runner.to_devices(state), batch))
+    eval_model = model.clone(bn_axis_name=None)
+    plain = jax.nn.softmax(eval_model.apply(state.variables, batch["image"], train=False))
+    mirror = jax.nn.softmax(eval_model.apply(state.variables, batch["image"][:, :, ::-1], train=False))
+    for tta, probs in (("none", plain), ("flip", (plain + mirror) / 2)):
+        probs, keep = np.asarray(probs)[:13], batch["label"][:13]
+        expected_loss = -np.sum(np.log(probs[np.arange(13), keep]))
+        assert float(sums[tta]["loss_sum"]) == pytest.approx(expected_loss, rel=1e-5), tta
+        expected_confusion = np.zeros((7, 7))
+        np.add.at(expected_confusion, (keep, probs.argmax(-1)), 1)
+        np.testing.assert_array_equal(sums[tta]["confusion"], expected_confusion)
+    assert float(sums["flip"]["loss_sum"]) != pytest.approx(float(sums["none"]["loss_sum"]), rel=1e-4)
+    with pytest.raises(UserError, match="eval_tta must be one of none, flip"):
+        make_step_fns(model.apply, tx, None, 0.0, eval_tta="crops")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from fer_jax.data.types import NUM_CLASSES
+from fer_jax.errors import UserError
 from fer_jax.engine.parallel import DATA_AXIS
 
 
@@ -95,9 +96,20 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Call
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable) -> dict:
-    """Sums over the global batch, counting only rows whose mask is set (padding is not)."""
+EVAL_TTA_MODES = ("none", "flip")
+
+
+def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable, tta: str = "none") -> dict:
+    """Sums over the global batch, counting only rows whose mask is set (padding is not).
+
+    tta="flip" scores each face by the mean of its and its mirror image's class
+    probabilities; the loss is then the cross-entropy of that mean.
+    """
     logits = apply_fn(state.variables, batch["image"], train=False)
+    if tta == "flip":
+        mirrored = apply_fn(state.variables, batch["image"][:, :, ::-1, :], train=False)
+        # Log-probabilities are logits whose softmax is the mean itself.
+        logits = jnp.log((jax.nn.softmax(logits) + jax.nn.softmax(mirrored)) / 2.0)
     labels = batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     ce = cross_entropy(logits, labels, 0.0)
@@ -109,9 +121,11 @@ def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable) -> dict:
 
 
 def make_step_fns(apply_fn: Callable, tx: optax.GradientTransformation,
-                  class_weights: jax.Array | None, label_smoothing: float):
+                  class_weights: jax.Array | None, label_smoothing: float, eval_tta: str = "none"):
     """The per-shard train and eval functions with the run's constants bound."""
+    if eval_tta not in EVAL_TTA_MODES:
+        raise UserError(f"eval_tta must be one of {', '.join(EVAL_TTA_MODES)}, got {eval_tta!r}")
     train = functools.partial(train_step, apply_fn=apply_fn, tx=tx, class_weights=class_weights,
                               label_smoothing=label_smoothing)
-    evaluate = functools.partial(eval_step, apply_fn=apply_fn)
+    evaluate = functools.partial(eval_step, apply_fn=apply_fn, tta=eval_tta)
     return train, evaluate

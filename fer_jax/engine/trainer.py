@@ -261,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         state = _resume(checkpoints, state, meta, prepared.identity, workdir, announce=is_main)
 
     apply_fn = finetune.frozen_bn_apply(model.apply, config.transfer.freeze) if pretrained else model.apply
-    train_fn, eval_fn = make_step_fns(apply_fn, tx, class_weights, config.label_smoothing)
+    train_fn, eval_fn = make_step_fns(apply_fn, tx, class_weights, config.label_smoothing,
+                                      config.get("eval_tta", "none"))
     runner = StepRunner(train_fn, eval_fn, config.parallel)
     device_state = runner.to_devices(state)
     rng = jax.random.PRNGKey(config.seed)
