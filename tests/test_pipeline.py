@@ -209,3 +209,20 @@ def test_measure_throughput_reports_images_per_second():
     result = pipeline.measure_throughput(num_images=256, global_batch_size=64, seconds=0.0)
     assert result["images"] == 256 and result["epochs"] == 1
     assert result["images_per_s"] > 0
+
+
+def test_release_in_background_drops_the_iterator_on_a_helper_thread():
+    import threading
+
+    dropped_on = []
+
+    class Iterator:
+        def __del__(self):
+            dropped_on.append(threading.current_thread().name)
+
+    holder = [Iterator()]
+    thread = pipeline.release_in_background(holder)
+    thread.join(timeout=10)
+    assert holder == [] and dropped_on == ["release-input-iterator"]
+    with pytest.raises(ValueError, match="exactly one"):
+        pipeline.release_in_background([])

@@ -285,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     start_time = time.time()
     train_seconds_before = meta["train_seconds"]
+    releases = []  # helper threads dropping finished epochs' input iterators
     budget_seconds = config.budget_minutes * 60.0
 
     def over_budget() -> bool:
@@ -354,6 +355,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         capped = True
                         break
                 bar.close()
+                holder = [batches]
+                del batches  # the iterator's last reference is the holder's
+                releases.append(pipeline.release_in_background(holder))
                 if meta["batch_in_epoch"] and step_metrics is not None:
                     _check_finite(runner.to_host(step_metrics), step, workdir)
                 end_of_epoch = meta["batch_in_epoch"] >= steps_per_epoch
@@ -451,4 +455,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             _log_best_to_wandb(logger, config, best_dir, prepared, norm, summary, step)
     logger.finish()
     checkpoints.close()
+    for thread in releases:
+        thread.join()
     return summary

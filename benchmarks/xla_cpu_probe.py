@@ -1,0 +1,167 @@
+"""Where XLA:CPU spends a train step: the probes behind BUILD_NOTES' "Where the training time goes".
+
+    python benchmarks/xla_cpu_probe.py convs        # GFLOP/s of each cbam_cnn conv: forward, input and weight gradient
+    python benchmarks/xla_cpu_probe.py reductions   # a BatchNorm-style sum over (N, H, W), three ways
+    python benchmarks/xla_cpu_probe.py weight-grad  # the conv weight gradient by hand against XLA's own
+    python benchmarks/xla_cpu_probe.py profile [MODEL]  # a train step's time per XLA op kind (needs TensorFlow)
+
+Each runs on however many CPU devices XLA_FLAGS gives (one by default) and takes the
+XLA_FLAGS it is started with, so that backends can be compared in separate processes,
+e.g. XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (YNNPACK off). Times are medians.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+# The profile needs XLA's per-op trace events, which only exist when asked for at start-up.
+if sys.argv[1:2] == ["profile"]:
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+BATCH = 64
+# cbam_cnn's 3x3 convolutions: (height = width, input channels, output channels).
+CBAM_CONVS = ((48, 32, 32), (24, 32, 64), (24, 64, 64), (12, 64, 128), (12, 128, 128))
+
+
+def median_ms(fn, *args, repeats: int = 10) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _layer(size: int, cin: int, cout: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(BATCH, size, size, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(BATCH, size, size, cout)), jnp.float32)
+    return x, w, dy
+
+
+def _uses_ynnpack(compiled_text: str) -> str:
+    return "YNNPACK" if "__ynn_fusion" in compiled_text else "XLA/Eigen"
+
+
+def probe_convs() -> None:
+    for size, cin, cout in CBAM_CONVS:
+        x, w, dy = _layer(size, cin, cout)
+        forward = jax.jit(conv)
+        input_grad = jax.jit(lambda dy, x=x, w=w: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
+        weight_grad = jax.jit(lambda dy, x=x, w=w: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+        gflop = 2 * BATCH * size * size * cin * cout * 9 / 1e9
+        rates = [gflop / median_ms(f, a) * 1e3 for f, a in ((lambda x: forward(x, w), x), (input_grad, dy),
+                                                            (weight_grad, dy))]
+        backend = _uses_ynnpack(weight_grad.lower(dy).compile().as_text())
+        print(f"{size}x{size} {cin}->{cout}: forward {rates[0]:4.0f}  input grad {rates[1]:4.0f}  "
+              f"weight grad {rates[2]:4.0f} GFLOP/s  ({backend})", flush=True)
+
+
+def probe_reductions() -> None:
+    for shape in ((BATCH, 48, 48, 32), (BATCH, 24, 24, 64), (BATCH, 12, 12, 128)):
+        x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+        channels = shape[-1]
+        exact = np.sum(np.asarray(x, np.float64), (0, 1, 2))
+        ways = {"jnp.sum": jax.jit(lambda x: jnp.sum(x, (0, 1, 2))),
+                "ones @ x": jax.jit(lambda x: jnp.ones((x.size // channels,), x.dtype) @ x.reshape(-1, channels)),
+                "two-level sum": jax.jit(lambda x: jnp.sum(x.reshape(-1, 256, channels), 1).sum(0))}
+        cells = []
+        for name, fn in ways.items():
+            error = float(np.max(np.abs(np.asarray(fn(x), np.float64) - exact)))
+            cells.append(f"{name} {median_ms(fn, x, repeats=20):5.2f} ms (max error {error:.0e})")
+        backend = _uses_ynnpack(ways["jnp.sum"].lower(x).compile().as_text())
+        print(f"{shape}: " + "  ".join(cells) + f"  [jnp.sum on {backend}]", flush=True)
+
+
+def _weight_grad_shifted_dots(x, dy):
+    """One (N*H*W, Cin)^T (N*H*W, Cout) product per kernel offset."""
+    size, channels = x.shape[1], x.shape[-1]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    flat_dy = dy.reshape(-1, dy.shape[-1])
+    return jnp.stack([jnp.stack([padded[:, i:i + size, j:j + size, :].reshape(-1, channels).T @ flat_dy
+                                 for j in range(3)]) for i in range(3)])
+
+
+def _weight_grad_patches(x, dy):
+    """The nine shifted copies side by side (im2col), then one product."""
+    size, channels = x.shape[1], x.shape[-1]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([padded[:, i:i + size, j:j + size, :] for i in range(3) for j in range(3)], -1)
+    return jnp.einsum("nhwc,nhwd->cd", patches, dy).reshape(3, 3, channels, dy.shape[-1])
+
+
+def probe_weight_grad() -> None:
+    for size, cin, cout in CBAM_CONVS:
+        x, w, dy = _layer(size, cin, cout)
+        xla = jax.jit(lambda x, dy, w=w: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+        reference = np.asarray(xla(x, dy))
+        cells = [f"XLA {median_ms(xla, x, dy):6.2f} ms"]
+        for name, fn in (("shifted dots", _weight_grad_shifted_dots), ("patches", _weight_grad_patches)):
+            jitted = jax.jit(fn)
+            error = np.max(np.abs(np.asarray(jitted(x, dy)) - reference)) / np.max(np.abs(reference))
+            cells.append(f"{name} {median_ms(jitted, x, dy):6.2f} ms (relative error {error:.0e})")
+        print(f"{size}x{size} {cin}->{cout}: " + "  ".join(cells), flush=True)
+
+
+def probe_profile(model: str, steps: int = 10) -> None:
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from fer_jax.bench import prepare_jax_steps
+
+    jax_steps = prepare_jax_steps(model, BATCH)
+    for _ in range(3):
+        jax.block_until_ready(jax_steps.train_step())
+    start = time.perf_counter()
+    for _ in range(steps):
+        jax.block_until_ready(jax_steps.train_step())
+    wall_ms = (time.perf_counter() - start) / steps * 1e3
+    trace_dir = tempfile.mkdtemp()
+    with jax.profiler.trace(trace_dir):
+        for _ in range(steps):
+            jax.block_until_ready(jax_steps.train_step())
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+        space.ParseFromString(f.read())
+    per_kind: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):  # the threads that run XLA's ops
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "?")
+                if name.startswith(("ThunkExecutor", "end: ")):
+                    continue
+                kind = re.sub(r"\.\d+$", "", name)
+                per_kind[kind] += event.duration_ps / 1e9 / steps
+                calls[kind] += 1 / steps
+    print(f"{model}: {wall_ms:.1f} ms per train step of {BATCH} ({BATCH / wall_ms * 1e3:.0f} img/s) "
+          f"on {jax.device_count()} device(s); op time summed over XLA's threads: "
+          f"{sum(per_kind.values()):.1f} ms (convolutions that Eigen runs on its own threads are "
+          "undercounted)")
+    for kind, ms in per_kind.most_common(15):
+        print(f"{ms:8.2f} ms  {calls[kind]:6.1f} calls  {kind}")
+
+
+if __name__ == "__main__":
+    probes = {"convs": probe_convs, "reductions": probe_reductions, "weight-grad": probe_weight_grad,
+              "profile": lambda: probe_profile(sys.argv[2] if len(sys.argv) > 2 else "cbam_cnn")}
+    if len(sys.argv) < 2 or sys.argv[1] not in probes:
+        sys.exit(f"usage: python benchmarks/xla_cpu_probe.py {{{'|'.join(probes)}}} [MODEL]")
+    probes[sys.argv[1]]()
