@@ -208,3 +208,26 @@ def test_flip_tta_validation_scores_the_mean_of_a_face_and_its_mirror():
     assert float(sums["flip"]["loss_sum"]) != pytest.approx(float(sums["none"]["loss_sum"]), rel=1e-4)
     with pytest.raises(UserError, match="eval_tta must be one of none, flip"):
         make_step_fns(model.apply, tx, None, 0.0, eval_tta="crops")
+
+
+def test_flip_tta_loss_stays_finite_when_each_view_is_certain_of_another_class():
+    import types
+
+    from fer_jax.engine.step import eval_step
+
+    def apply_fn(variables, images, train):
+        # Class 0 for a bright top-left pixel, class 1 for a dark one, with logits so far
+        # apart that every other probability underflows to zero in float32.
+        top_left = images[:, 0, 0, 0]
+        return 1e4 * jnp.stack([top_left, 1.0 - top_left] + [jnp.zeros_like(top_left)] * 5, -1)
+
+    image = np.zeros((2, 48, 48, 1), np.float32)
+    image[:, 0, 0, 0] = 1.0  # its mirror image has the bright pixel top right
+    batch = {"image": image[None], "label": np.asarray([[1, 2]], np.int32), "mask": np.ones((1, 2), bool)}
+    state = types.SimpleNamespace(variables={})
+    sums = jax.vmap(lambda b: eval_step(state, b, apply_fn=apply_fn, tta="flip"), axis_name=DATA_AXIS)(batch)
+    # Label 1: half the mass (mirror view), -log(1/2); label 2: no view gives it any
+    # probability, yet the loss stays finite (about 1e4) instead of -log(0).
+    loss = float(sums["loss_sum"][0])
+    assert np.isfinite(loss)
+    assert loss == pytest.approx(np.log(2.0) + 1e4, abs=0.05)

@@ -108,8 +108,11 @@ def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable, tta: str = 
     logits = apply_fn(state.variables, batch["image"], train=False)
     if tta == "flip":
         mirrored = apply_fn(state.variables, batch["image"][:, :, ::-1, :], train=False)
-        # Log-probabilities are logits whose softmax is the mean itself.
-        logits = jnp.log((jax.nn.softmax(logits) + jax.nn.softmax(mirrored)) / 2.0)
+        # The log of the mean probability, taken in log space so that a probability that
+        # underflows in one view cannot make the loss infinite: logits whose softmax is
+        # the mean itself.
+        views = jnp.stack([jax.nn.log_softmax(logits), jax.nn.log_softmax(mirrored)])
+        logits = jax.nn.logsumexp(views, axis=0) - jnp.log(2.0)
     labels = batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     ce = cross_entropy(logits, labels, 0.0)
