@@ -22,12 +22,12 @@ def _batch(n=16, seed=0):
             "label": rng.integers(0, 7, size=n).astype(np.int32)}
 
 
-def _runner(config, class_weights=None, label_smoothing=0.0, tx=None):
+def _runner(config, class_weights=None, label_smoothing=0.0, tx=None, eval_tta="none"):
     model = build_model(config, bn_axis_name=DATA_AXIS)
     tx = tx or optim.make_optimizer(config)
     plateau = optim.make_plateau(config)
     state = init_state(config, model, tx, plateau)
-    train_fn, eval_fn = make_step_fns(model.apply, tx, class_weights, label_smoothing)
+    train_fn, eval_fn = make_step_fns(model.apply, tx, class_weights, label_smoothing, eval_tta)
     runner = StepRunner(train_fn, eval_fn, "jit")
     return model, runner, runner.to_devices(state), state
 
@@ -182,9 +182,6 @@ def test_every_experiment_has_the_required_keys_and_builds_its_model():
 
 def test_flip_tta_validation_scores_the_mean_of_a_face_and_its_mirror():
     config = _config(learning_rate=0.0)
-    model = build_model(config, bn_axis_name=DATA_AXIS)
-    tx = optim.make_optimizer(config)
-    state = init_state(config, model, tx, optim.make_plateau(config))
     rng = np.random.default_rng(3)
     # Faces that are not mirror-symmetric, so that the mirror changes the logits.
     batch = {"image": rng.normal(size=(16, 48, 48, 1)).astype(np.float32),
@@ -192,9 +189,8 @@ def test_flip_tta_validation_scores_the_mean_of_a_face_and_its_mirror():
     batch["mask"][-3:] = False  # padding rows stay out of every sum
     sums = {}
     for tta in ("none", "flip"):
-        train_fn, eval_fn = make_step_fns(model.apply, tx, None, 0.0, eval_tta=tta)
-        runner = StepRunner(train_fn, eval_fn, "jit")
-        sums[tta] = runner.to_host(runner.eval(runner.to_devices(state), batch))
+        model, runner, device_state, state = _runner(config, eval_tta=tta)
+        sums[tta] = runner.to_host(runner.eval(device_state, batch))
     eval_model = model.clone(bn_axis_name=None)
     plain = jax.nn.softmax(eval_model.apply(state.variables, batch["image"], train=False))
     mirror = jax.nn.softmax(eval_model.apply(state.variables, batch["image"][:, :, ::-1], train=False))
@@ -207,7 +203,7 @@ def test_flip_tta_validation_scores_the_mean_of_a_face_and_its_mirror():
         np.testing.assert_array_equal(sums[tta]["confusion"], expected_confusion)
     assert float(sums["flip"]["loss_sum"]) != pytest.approx(float(sums["none"]["loss_sum"]), rel=1e-4)
     with pytest.raises(UserError, match="eval_tta must be one of none, flip"):
-        make_step_fns(model.apply, tx, None, 0.0, eval_tta="crops")
+        _runner(config, eval_tta="crops")
 
 
 def test_flip_tta_loss_stays_finite_when_each_view_is_certain_of_another_class():
