@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import jax
 import numpy as np
@@ -12,7 +13,7 @@ from fer_jax import config as config_lib
 from fer_jax import study
 from fer_jax.data.source import prepare_data
 from fer_jax.engine import optim
-from fer_jax.engine.checkpoint import restore_variables
+from fer_jax.engine.checkpoint import RunCheckpoints, restore_variables
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError
 
@@ -78,6 +79,28 @@ def test_a_budget_stops_training_and_a_rerun_does_not_train_past_it(prepared, tm
     config.budget_minutes = summary["train_seconds"] / 60 + 0.1
     longer = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
     assert longer["steps"] > summary["steps"]
+
+
+def test_a_budget_that_runs_out_between_epochs_is_recorded_as_spent(prepared, tmp_path, monkeypatch):
+    # The first epoch's checkpoint save is made to outlast the budget, so the budget runs out
+    # after the epoch's record and before the next epoch: the saved count must still reach it,
+    # or a rerun of the same command would train on.
+    budget_seconds = 6.0
+    save_latest = RunCheckpoints.save_latest
+
+    def slow_first_epoch_save(self, step, variables, train, meta):
+        save_latest(self, step, variables, train, meta)
+        if meta["epoch"] == 1 and meta["batch_in_epoch"] == 0:
+            time.sleep(max(0.0, budget_seconds + 0.3 - meta["train_seconds"]))
+
+    monkeypatch.setattr(RunCheckpoints, "save_latest", slow_first_epoch_save)
+    config = tiny_config(budget_minutes=budget_seconds / 60, epochs=50)
+    summary = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    assert summary["history"][0]["elapsed_seconds"] < budget_seconds  # the case under test
+    assert summary["capped"] and summary["train_seconds"] >= budget_seconds
+    monkeypatch.setattr(RunCheckpoints, "save_latest", save_latest)
+    again = train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    assert again["steps"] == summary["steps"] and len(again["history"]) == len(summary["history"])
 
 
 def test_study_trains_each_experiment_once_and_tabulates_the_best_checkpoints(fer_sample_path, tmp_path, capsys):

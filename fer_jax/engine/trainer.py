@@ -288,15 +288,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     releases = []  # helper threads dropping finished epochs' input iterators
     budget_seconds = config.budget_minutes * 60.0
 
-    def over_budget() -> bool:
+    def over_budget(spent: float | None = None) -> bool:
         # Every process must stop at the same step: process 0's clock decides.
-        spent = train_seconds_before + time.time() - start_time
+        if spent is None:
+            spent = train_seconds_before + time.time() - start_time
         return bool(budget_seconds) and _agree(spent >= budget_seconds)
 
     try:
         with _StopRequest() as stop:
             while meta["epoch"] < config.epochs and not meta["stopped_early"]:
-                if over_budget():
+                # Between epochs the saved count decides, not the clock: a rerun of the same
+                # command then makes the same decision, and a run that stops here has
+                # recorded the budget as spent.
+                if over_budget(meta["train_seconds"]):
                     capped = True
                     if is_main:
                         print(f"training budget of {config.budget_minutes:g} minutes spent; stopped",
