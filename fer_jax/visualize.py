@@ -151,7 +151,7 @@ def predictions_figure(data, probs: np.ndarray, correct: list[np.ndarray], wrong
 
 
 def gradcam_figure(model, variables, norm, data, probs, correct, wrong, path, model_name,
-                   layer: tuple[str, ...] | None = None) -> tuple[pathlib.Path, tuple]:
+                   layer: tuple[str, ...] | None = None) -> pathlib.Path:
     """Per class: one correct face with its Grad-CAM, one wrong face with the maps of
     the predicted and of the true class."""
     from fer_jax.plots import FaceCell, face_grid_figure
@@ -190,7 +190,7 @@ def gradcam_figure(model, variables, norm, data, probs, correct, wrong, path, mo
                               overlay_label="Grad-CAM (scaled to its maximum)",
                               title=f"{model_name}: Grad-CAM at {'/'.join(layer)} "
                                     "(tile: true/predicted probability)")
-    return figure, layer
+    return figure
 
 
 def gradcam_mean_figure(model, variables, norm, data, correct_many, path, model_name,
@@ -307,10 +307,10 @@ def run(checkpoint, data_path, split: str, out, per_class: int, mean_count: int,
     written = [confusion_matrix_figure(confusion, out / "confusion_matrix.png",
                                        title=f"{title} on {split} (accuracy {summary['accuracy']:.1%})"),
                predictions_figure(data, probs, correct, wrong, per_class, out / "predictions.png", title)]
-    figure, _ = gradcam_figure(model, variables, norm, data, probs, correct, wrong, out / "gradcam.png", title,
-                               layer)
-    written += [figure, gradcam_mean_figure(model, variables, norm, data, correct_many,
-                                            out / "gradcam_mean.png", title, layer)]
+    written += [gradcam_figure(model, variables, norm, data, probs, correct, wrong, out / "gradcam.png", title,
+                               layer),
+                gradcam_mean_figure(model, variables, norm, data, correct_many, out / "gradcam_mean.png", title,
+                                    layer)]
     notes.append(f"Grad-CAM layer: {'/'.join(layer)}")
 
     # One face per class for the attention samples: a correct one where there is one.

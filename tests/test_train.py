@@ -153,6 +153,11 @@ def test_evaluate_restores_the_best_checkpoint(fer_sample_path, unbroken_run, tm
     (["--experiment=cbam", "--set", "epochs=many"], "epochs=many: expected a value of type int"),
     (["--experiment=cbam", "--set", "nonsense=1"], "unknown config key 'nonsense'"),
     (["--experiment=cbam", "--data=/no/such/file.csv"], "/no/such/file.csv"),
+    # Named choices are checked before the data is read (the data path is wrong too).
+    (["--experiment=cbam", "--set", "eval_tta=crops", "--data=/no/such/file.csv"],
+     "eval_tta must be one of none, flip, got 'crops'"),
+    (["--experiment=cbam", "--set", "lr_schedule=step", "--data=/no/such/file.csv"],
+     "lr_schedule must be one of constant, cosine, got 'step'"),
 ])
 def test_user_mistakes_get_one_clear_line_and_exit_2(args, expected):
     done = subprocess.run([sys.executable, "-m", "fer_jax.train", *args], env=ENV, capture_output=True,

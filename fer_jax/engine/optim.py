@@ -18,11 +18,15 @@ from fer_jax.errors import UserError
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule | float:
-    """config.lr_schedule over the run's `epochs` (schedules count optimizer steps)."""
-    name = config.get("lr_schedule", "constant")
+def check_lr_schedule(name: str) -> str:
     if name not in LR_SCHEDULES:
         raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {name!r}")
+    return name
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule | float:
+    """config.lr_schedule over the run's `epochs` (schedules count optimizer steps)."""
+    name = check_lr_schedule(config.get("lr_schedule", "constant"))
     if name == "constant":
         return config.learning_rate
     total = max(int(config.epochs * steps_per_epoch), 1)

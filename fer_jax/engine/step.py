@@ -123,11 +123,15 @@ def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable, tta: str = 
     return jax.lax.psum(sums, DATA_AXIS)
 
 
+def check_eval_tta(mode: str) -> None:
+    if mode not in EVAL_TTA_MODES:
+        raise UserError(f"eval_tta must be one of {', '.join(EVAL_TTA_MODES)}, got {mode!r}")
+
+
 def make_step_fns(apply_fn: Callable, tx: optax.GradientTransformation,
                   class_weights: jax.Array | None, label_smoothing: float, eval_tta: str = "none"):
     """The per-shard train and eval functions with the run's constants bound."""
-    if eval_tta not in EVAL_TTA_MODES:
-        raise UserError(f"eval_tta must be one of {', '.join(EVAL_TTA_MODES)}, got {eval_tta!r}")
+    check_eval_tta(eval_tta)
     train = functools.partial(train_step, apply_fn=apply_fn, tx=tx, class_weights=class_weights,
                               label_smoothing=label_smoothing)
     evaluate = functools.partial(eval_step, apply_fn=apply_fn, tta=eval_tta)

@@ -24,7 +24,7 @@ from fer_jax.engine import optim
 from fer_jax.engine.checkpoint import RunCheckpoints
 from fer_jax.engine.inference import Predictor, build_model
 from fer_jax.engine.parallel import DATA_AXIS, StepRunner
-from fer_jax.engine.step import TrainState, init_state, make_step_fns
+from fer_jax.engine.step import TrainState, check_eval_tta, init_state, make_step_fns
 from fer_jax.engine.wandb_logger import RunLogger
 from fer_jax.errors import UserError
 from fer_jax.transfer import finetune
@@ -200,6 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0
+    # Choices the config names are checked before the data is read and the state is built.
+    check_eval_tta(config.get("eval_tta", "none"))
+    optim.check_lr_schedule(config.get("lr_schedule", "constant"))
     workdir.mkdir(parents=True, exist_ok=True)
     prepared = prepared or prepare_data(config.data, data_path)
     if prepared.synthetic and config.epochs > config.data.synthetic_epochs:

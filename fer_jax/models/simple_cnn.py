@@ -14,7 +14,8 @@ class SimpleCNN(nn.Module):
     """Conv5x5(32)-pool, Conv5x5(64)-pool, Dense(128), Dense(num_classes), dropout around Dense(128).
 
     batch_norm=True puts BatchNorm between each conv and its ReLU (v2); the conv then
-    drops its bias, which BatchNorm's shift would cancel.
+    drops its bias, which BatchNorm's shift would cancel. widths and kernel_size vary the
+    stack of conv-pool blocks beyond the study's two 5x5 ones.
     """
 
     num_classes: int = 7
@@ -22,6 +23,7 @@ class SimpleCNN(nn.Module):
     bn_axis_name: str | None = None
     batch_norm: bool = False
     widths: tuple[int, ...] = (32, 64)
+    kernel_size: int = 5
     dense_width: int = 128
     dropout: float = 0.3
 
@@ -29,7 +31,7 @@ class SimpleCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.astype(self.dtype)
         for width in self.widths:
-            x = conv(width, 5, self.dtype, use_bias=not self.batch_norm)(x)
+            x = conv(width, self.kernel_size, self.dtype, use_bias=not self.batch_norm)(x)
             if self.batch_norm:
                 x = batch_norm(train, self.bn_axis_name, self.dtype)(x)
             x = max_pool2(nn.relu(x))
