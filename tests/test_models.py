@@ -163,6 +163,18 @@ def test_narrow_vgg_count():
     assert count(abstract_params(model)["params"]) == expected
 
 
+def test_time_to_accuracy_shapes_count():
+    # fast_5min / fast_15min: 3x3 kernels, three or four pools (48 -> 6 or 3).
+    three = get_model("simple_cnn_v1", widths=(32, 64, 128), kernel_size=3, dropout=0.0)
+    four = get_model("simple_cnn_v1", widths=(32, 64, 128, 256), kernel_size=3, dropout=0.0)
+    assert count(abstract_params(three)["params"]) == (
+        conv(3, 1, 32, True) + conv(3, 32, 64, True) + conv(3, 64, 128, True)
+        + dense(6 * 6 * 128, 128) + dense(128, 7)) == 683_527
+    assert count(abstract_params(four)["params"]) == (
+        conv(3, 1, 32, True) + conv(3, 32, 64, True) + conv(3, 64, 128, True) + conv(3, 128, 256, True)
+        + dense(3 * 3 * 256, 128) + dense(128, 7)) == 683_783
+
+
 # --- running the models -------------------------------------------------------------------
 # Small variants keep compilation cheap; architecture-wide behaviour is covered above.
 SMALL = {
