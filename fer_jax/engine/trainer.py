@@ -291,10 +291,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     releases = []  # helper threads dropping finished epochs' input iterators
     budget_seconds = config.budget_minutes * 60.0
 
-    def over_budget(spent: float | None = None) -> bool:
+    def train_seconds_now() -> float:
+        return train_seconds_before + time.time() - start_time
+
+    def over_budget(spent: float) -> bool:
         # Every process must stop at the same step: process 0's clock decides.
-        if spent is None:
-            spent = train_seconds_before + time.time() - start_time
         return bool(budget_seconds) and _agree(spent >= budget_seconds)
 
     try:
@@ -351,12 +352,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         logger.log({"train/step_loss": loss, "train/lr_scale": float(m["lr_scale"])}, step)
                         tick, tick_images = now, 0
                     stopping = bool((max_steps and step >= max_steps) or stop.requested or (
-                        step % config.log_every_steps == 0 and over_budget()))
+                        step % config.log_every_steps == 0 and over_budget(train_seconds_now())))
                     # A stopping step is saved below, once (Orbax refuses a step twice).
                     if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0 \
                             and meta["batch_in_epoch"] < steps_per_epoch and not stopping:
                         _check_finite(runner.to_host(step_metrics), step, workdir)
-                        meta["train_seconds"] = train_seconds_before + time.time() - start_time
+                        meta["train_seconds"] = train_seconds_now()
                         save_latest(device_state)
                     if stopping:
                         capped = True
@@ -369,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     _check_finite(runner.to_host(step_metrics), step, workdir)
                 end_of_epoch = meta["batch_in_epoch"] >= steps_per_epoch
                 if not end_of_epoch and stop.requested:
-                    meta["train_seconds"] = train_seconds_before + time.time() - start_time
+                    meta["train_seconds"] = train_seconds_now()
                     save_latest(device_state)
                     raise UserError(f"stopped at step {step} on request; checkpoint saved in "
                                     f"{workdir / 'checkpoints'}; run the same command to resume")
@@ -382,7 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                           "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"],
                           "train_steps_this_session": epoch_steps,
-                          "elapsed_seconds": train_seconds_before + time.time() - start_time,
+                          "elapsed_seconds": train_seconds_now(),
                           # Wall clock since the run first started (compilation, evaluation
                           # and any pause between sessions included): time to accuracy.
                           "wall_seconds": time.time() - meta.get("started_at", start_time),
