@@ -8,8 +8,7 @@ BUILD_NOTES). Ten epochs with a cosine learning rate that reaches zero as the ep
 out, light augmentation (mirror images and shifts of up to 2 pixels: ten epochs leave
 little room to overfit, so heavier augmentation would only slow learning), no plateau or
 early stopping, which need more epochs than 5 minutes hold, and no dropout: in ten epochs
-the network underfits. No BatchNorm: on this CPU its reductions cost more per epoch than
-they bring (BUILD_NOTES). Each validation scores a face and its mirror image together
+the network underfits. Each validation scores a face and its mirror image together
 (eval_tta, about a point more for a second of evaluation per epoch). The two cores run
 as four XLA devices: for the simple CNN that trained 1.17x faster than two devices on the
 2-core machine, and about 1.3x faster than one (BUILD_NOTES); on a machine with more
@@ -26,8 +25,9 @@ def get_config():
     c.augment.translate_frac = 0.05
     c.description = ("time to accuracy: simple CNN of three 3x3 conv blocks without dropout, 10 epochs, "
                      "cosine lr, flip TTA (target 60% in 5 min)")
-    # Not simple_cnn_v2: its BatchNorm with dropout learns far slower in the first epochs
-    # (after one epoch 25% training accuracy, against 39% without BatchNorm; BUILD_NOTES).
+    # Not simple_cnn_v2: on this CPU BatchNorm's reductions cost 15-30% of the images a
+    # second, and in five minutes it ended 3-4 points lower, with or without the 3x3 stack
+    # (BUILD_NOTES, "Time to accuracy", T13 and T14).
     c.model = "simple_cnn_v1"
     c.model_kwargs.widths = (32, 64, 128)
     c.model_kwargs.kernel_size = 3
