@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import statistics
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -68,18 +68,20 @@ def _autocast(setting: TorchSetting) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting.bf16)
 
 
-def _model(name: str, setting: TorchSetting, seed: int) -> torch.nn.Module:
+def _model(name: str, setting: TorchSetting, seed: int,
+           model_kwargs: Mapping[str, Any] | None) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = build_torch_model(name)
+    model = build_torch_model(name, model_kwargs=model_kwargs)
     if setting.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def make_train_step(name: str, batch_size: int, setting: TorchSetting, *,
-                    learning_rate: float = 1e-3, weight_decay: float = 0.0, seed: int = 0) -> Step:
-    """One training step of model NAME per call; returns the (detached) loss."""
-    model = _model(name, setting, seed).train()
+                    learning_rate: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
+                    model_kwargs: Mapping[str, Any] | None = None) -> Step:
+    """One training step of model NAME (with MODEL_KWARGS) per call; returns the (detached) loss."""
+    model = _model(name, setting, seed, model_kwargs).train()
     optimizer = make_adamw(model.parameters(), learning_rate, weight_decay)
     images, labels = synthetic_batch(batch_size, setting, seed)
 
@@ -95,10 +97,12 @@ def make_train_step(name: str, batch_size: int, setting: TorchSetting, *,
     return step
 
 
-def make_eval_step(name: str, batch_size: int, setting: TorchSetting, *, seed: int = 0) -> Step:
-    """One evaluation forward pass of model NAME per call; returns [summed loss, correct]
-    (fer_jax's eval step likewise sums the loss and scores the predictions)."""
-    model = _model(name, setting, seed).eval()
+def make_eval_step(name: str, batch_size: int, setting: TorchSetting, *, seed: int = 0,
+                   model_kwargs: Mapping[str, Any] | None = None) -> Step:
+    """One evaluation forward pass of model NAME (with MODEL_KWARGS) per call; returns
+    [summed loss, correct] (fer_jax's eval step likewise sums the loss and scores the
+    predictions)."""
+    model = _model(name, setting, seed, model_kwargs).eval()
     images, labels = synthetic_batch(batch_size, setting, seed)
 
     def step() -> torch.Tensor:

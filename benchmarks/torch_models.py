@@ -12,6 +12,7 @@ LeCun truncated-normal Dense kernels, zero biases.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -110,16 +111,18 @@ def _add_conv_stages(owner: nn.Module, widths: Sequence[int], convs_per_stage: i
 # ------------------------------------------------------------------------------ models
 
 class SimpleCNN(nn.Module):
-    """fer_jax.models.simple_cnn.SimpleCNN: Conv5x5-[BN]-ReLU-pool stages, Dense, Dense."""
+    """fer_jax.models.simple_cnn.SimpleCNN: Conv(kernel_size)-[BN]-ReLU-pool stages, Dense, Dense."""
 
     def __init__(self, num_classes: int = NUM_CLASSES, batch_norm: bool = False,
-                 widths: Sequence[int] = (32, 64), dense_width: int = 128, dropout: float = 0.3):
+                 widths: Sequence[int] = (32, 64), kernel_size: int = 5, dense_width: int = 128,
+                 dropout: float = 0.3):
         super().__init__()
         self.batch_norm = batch_norm
         self.num_stages = len(widths)
         in_channels = 1
         for i, width in enumerate(widths):
-            self.add_module(f"Conv_{i}", conv2d(in_channels, width, 5, bias=not batch_norm))
+            self.add_module(f"Conv_{i}", conv2d(in_channels, width, kernel_size,
+                                                bias=not batch_norm))
             if batch_norm:
                 self.add_module(f"BatchNorm_{i}", batch_norm2d(width))
             in_channels = width
@@ -303,29 +306,38 @@ class VGGFer(nn.Module):
 
 # ---------------------------------------------------------------------------- registry
 
-# The same names and attributes as fer_jax.models.registry.
-_FACTORIES: Mapping[str, Callable[[int], nn.Module]] = {
-    "simple_cnn_v1": lambda n: SimpleCNN(n, batch_norm=False),
-    "simple_cnn_v2": lambda n: SimpleCNN(n, batch_norm=True),
-    "deep_cnn_v1": lambda n: DeepCNN(n, widths=(32, 64, 128, 256), dense_width=512, dropout=0.5,
-                                     spatial_dropout=0.0),
-    "deep_cnn_v2": lambda n: DeepCNN(n, widths=(32, 64, 128, 192), dense_width=256, dropout=0.7,
-                                     spatial_dropout=0.1, spatial_dropout_blocks=2),
-    "cbam_cnn": lambda n: CBAMCNN(n),
-    "resnet18": lambda n: ResNet(n, stage_sizes=RESNET18_STAGES),
-    "resnet34": lambda n: ResNet(n, stage_sizes=RESNET34_STAGES),
-    "vgg_fer": lambda n: VGGFer(n),
+# The same names and attributes as fer_jax.models.registry: each name's class and the
+# attributes it sets, which an experiment's model_kwargs may override.
+_REGISTRY: Mapping[str, tuple[type, Mapping[str, Any]]] = {
+    "simple_cnn_v1": (SimpleCNN, dict(batch_norm=False)),
+    "simple_cnn_v2": (SimpleCNN, dict(batch_norm=True)),
+    "deep_cnn_v1": (DeepCNN, dict(widths=(32, 64, 128, 256), dense_width=512, dropout=0.5,
+                                  spatial_dropout=0.0)),
+    "deep_cnn_v2": (DeepCNN, dict(widths=(32, 64, 128, 192), dense_width=256, dropout=0.7,
+                                  spatial_dropout=0.1, spatial_dropout_blocks=2)),
+    "cbam_cnn": (CBAMCNN, {}),
+    "resnet18": (ResNet, dict(stage_sizes=RESNET18_STAGES)),
+    "resnet34": (ResNet, dict(stage_sizes=RESNET34_STAGES)),
+    "vgg_fer": (VGGFer, {}),
 }
 
-TORCH_MODEL_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+TORCH_MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
-def build_torch_model(name: str, num_classes: int = NUM_CLASSES) -> nn.Module:
-    """The PyTorch copy of the registry's model NAME (default attributes)."""
-    if name not in _FACTORIES:
+def build_torch_model(name: str, num_classes: int = NUM_CLASSES,
+                      model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """The PyTorch copy of the registry's model NAME, with MODEL_KWARGS (an experiment's
+    model_kwargs) overriding its attributes."""
+    if name not in _REGISTRY:
         raise UserError(f"no PyTorch copy of model {name!r}; valid names: "
                         f"{', '.join(TORCH_MODEL_NAMES)}")
-    return _FACTORIES[name](num_classes)
+    cls, defaults = _REGISTRY[name]
+    attributes = [p for p in inspect.signature(cls).parameters if p != "num_classes"]
+    unknown = sorted(set(model_kwargs or {}) - set(attributes))
+    if unknown:
+        raise UserError(f"the PyTorch copy of {name} has no attribute(s) {', '.join(unknown)}; "
+                        f"it takes {', '.join(attributes)}")
+    return cls(num_classes, **{**defaults, **(model_kwargs or {})})
 
 
 def count_parameters(model: nn.Module) -> int:

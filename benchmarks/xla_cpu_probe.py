@@ -3,7 +3,9 @@
     python benchmarks/xla_cpu_probe.py convs        # GFLOP/s of each cbam_cnn conv: forward, input and weight gradient
     python benchmarks/xla_cpu_probe.py reductions   # a BatchNorm-style sum over (N, H, W), three ways
     python benchmarks/xla_cpu_probe.py weight-grad  # the conv weight gradient by hand against XLA's own
-    python benchmarks/xla_cpu_probe.py profile [MODEL]  # a train step's time per XLA op kind (needs TensorFlow)
+    python benchmarks/xla_cpu_probe.py first-block  # the recipes' first block (3x3, 1->32, 48x48) by batch size
+    python benchmarks/xla_cpu_probe.py microbatch [M [unroll]]  # fast_15min's step, each device's share in scanned microbatches of M
+    python benchmarks/xla_cpu_probe.py profile [MODEL|EXPERIMENT]  # a train step's time per XLA op kind (needs TensorFlow)
 
 Each runs on however many CPU devices XLA_FLAGS gives (one by default) and takes the
 XLA_FLAGS it is started with, so that backends can be compared in separate processes,
@@ -118,12 +120,107 @@ def probe_weight_grad() -> None:
         print(f"{size}x{size} {cin}->{cout}: " + "  ".join(cells), flush=True)
 
 
-def probe_profile(model: str, steps: int = 10) -> None:
+def _relu_pool(y):
+    """layers.max_pool2's reshape form after a ReLU."""
+    y = jax.nn.relu(y)
+    return y.reshape(y.shape[0], y.shape[1] // 2, 2, y.shape[2] // 2, 2, y.shape[3]).max(axis=(2, 4))
+
+
+def _first_conv_patches(x, w):
+    """A one-channel 3x3 conv as nine shifted copies side by side and one product."""
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    size = x.shape[1]
+    patches = jnp.concatenate([padded[:, i:i + size, j:j + size, :] for i in range(3) for j in range(3)], -1)
+    return patches @ w.reshape(-1, w.shape[-1])
+
+
+def probe_first_block() -> None:
+    """The fast recipes' first block: how its ReLU + pool gradient grows with the batch
+    (one device's share), and its conv by XLA or as patches + one product."""
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(3, 3, 1, 32)) * 0.3, jnp.float32)
+    for batch in (16, 32, 48, 64):
+        x = jnp.asarray(rng.normal(size=(batch, 48, 48, 1)), jnp.float32)
+        y = jnp.asarray(rng.normal(size=(batch, 48, 48, 32)), jnp.float32)
+        dy = jnp.asarray(rng.normal(size=(batch, 24, 24, 32)), jnp.float32)
+        pool_grad = jax.jit(lambda y, dy: jax.vjp(_relu_pool, y)[1](dy)[0])
+        cells = [f"ReLU+pool gradient {median_ms(pool_grad, y, dy, repeats=20):6.2f} ms"]
+        for name, fn in (("XLA conv", conv), ("patches", _first_conv_patches)):
+            block_grad = jax.jit(lambda w, x, dy, fn=fn: jax.vjp(lambda w: _relu_pool(fn(x, w)), w)[1](dy)[0])
+            cells.append(f"{name} block weight gradient {median_ms(block_grad, w, x, dy, repeats=20):6.2f} ms")
+        print(f"batch {batch}: " + "  ".join(cells), flush=True)
+
+
+def probe_microbatch(micro: int, unroll: bool, batch: int = 64) -> None:
+    """fast_15min's network: one AdamW step over BATCH images shared by the devices, each
+    device running its share as microbatches of MICRO in a lax.scan (gradients summed;
+    UNROLL: the scan unrolled) or, when MICRO is at least its share, in one piece."""
+    import optax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from fer_jax.bench import bench_targets
+    from fer_jax.models import get_model
+
+    (target,) = bench_targets([], ["fast_15min"])
+    model = get_model(target.model, **target.model_kwargs)
+    devices = jax.device_count()
+    mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    tx = optax.adamw(1e-3, weight_decay=1e-4)
+
+    def loss(params, x, y):
+        logits = model.apply({"params": params}, x, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+
+    def share_grads(params, x, y):
+        if micro >= x.shape[0]:
+            return jax.grad(loss)(params, x, y)
+
+        def body(total, xy):
+            return jax.tree.map(jnp.add, total, jax.grad(loss)(params, *xy)), None
+
+        pieces = (x.reshape(-1, micro, *x.shape[1:]), y.reshape(-1, micro))
+        return jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), pieces, unroll=unroll)[0]
+
+    def step(params, opt_state, x, y):
+        grads = jax.shard_map(
+            lambda p, x, y: jax.tree.map(lambda g: jax.lax.psum(g, "data") / batch, share_grads(p, x, y)),
+            mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=P())(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    rng = np.random.default_rng(0)
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    params = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)), train=False)["params"],
+                            replicated)
+    opt_state = jax.device_put(tx.init(params), replicated)
+    x = jax.device_put(rng.normal(size=(batch, 48, 48, 1)).astype(np.float32), split)
+    y = jax.device_put(rng.integers(0, 7, batch).astype(np.int32), split)
+    state = step(params, opt_state, x, y)
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        for _ in range(3):
+            state = step(*state, x, y)
+        jax.block_until_ready(state)
+        times.append((time.perf_counter() - start) / 3)
+    share = batch // devices
+    pieces = (f"microbatches of {micro}{' (unrolled)' if unroll else ''}" if micro < share
+              else "one piece")
+    print(f"{devices} device(s), {share} images each in {pieces}: "
+          f"{batch / float(np.median(times)):.0f} img/s", flush=True)
+
+
+def probe_profile(what: str, steps: int = 10) -> None:
+    """WHAT: a registry model, or an experiment (the network it trains)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from fer_jax.bench import prepare_jax_steps
+    from fer_jax.bench import bench_targets, prepare_jax_steps
+    from fer_jax.config import experiment_names
 
-    jax_steps = prepare_jax_steps(model, BATCH)
+    (target,) = bench_targets([], [what]) if what in experiment_names() else bench_targets([what], [])
+    model = target.label
+    jax_steps = prepare_jax_steps(target.model, BATCH, model_kwargs=target.model_kwargs)
     for _ in range(3):
         jax.block_until_ready(jax_steps.train_step())
     start = time.perf_counter()
@@ -161,6 +258,9 @@ def probe_profile(model: str, steps: int = 10) -> None:
 
 if __name__ == "__main__":
     probes = {"convs": probe_convs, "reductions": probe_reductions, "weight-grad": probe_weight_grad,
+              "first-block": probe_first_block,
+              "microbatch": lambda: probe_microbatch(int(sys.argv[2]) if len(sys.argv) > 2 else 64,
+                                                     sys.argv[3:4] == ["unroll"]),
               "profile": lambda: probe_profile(sys.argv[2] if len(sys.argv) > 2 else "cbam_cnn")}
     if len(sys.argv) < 2 or sys.argv[1] not in probes:
         sys.exit(f"usage: python benchmarks/xla_cpu_probe.py {{{'|'.join(probes)}}} [MODEL]")

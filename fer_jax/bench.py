@@ -1,4 +1,4 @@
-"""python -m fer_jax.bench [--models ...] [--batch-size 64] [--seconds S] [--torch/--no-torch] [--write-notes]
+"""python -m fer_jax.bench [--models ...] [--experiments ...] [--batch-size 64] [--seconds S] [--torch/--no-torch] [--write-notes]
 
 Training speed per model: parameters, forward FLOPs per image (XLA's cost analysis),
 fer_jax's train and eval images/s with the project's own train and eval steps (the
@@ -24,7 +24,7 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from fer_jax import device_peak
 from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices
@@ -84,12 +84,44 @@ class JaxSteps:
     runner: Any = None  # the StepRunner behind both steps
 
 
-def bench_config(model: str, batch_size: int, compute_dtype: str):
-    """The base config with MODEL, BATCH_SIZE and COMPUTE_DTYPE: a plain run's settings."""
+@dataclasses.dataclass(frozen=True)
+class BenchTarget:
+    """One row of the table: the registry's MODEL with MODEL_KWARGS, shown as LABEL."""
+
+    label: str
+    model: str
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def bench_targets(models: Sequence[str], experiments: Sequence[str]) -> list[BenchTarget]:
+    """MODELS with their registry attributes, then the network each of EXPERIMENTS trains
+    (its model and model_kwargs; batch size, dtype and devices stay the bench's own)."""
+    from fer_jax.config import load_experiment
+    from fer_jax.transfer.finetune import transfer_model_kwargs
+
+    targets = [BenchTarget(name, name) for name in models]
+    for name in experiments:
+        config = load_experiment(name)
+        if config.ensemble.members:
+            raise UserError(f"experiment {name} is an ensemble of "
+                            f"{', '.join(config.ensemble.members)}: time its members instead")
+        # As the trainer builds it (fer_jax.engine.inference.build_model).
+        kwargs = {**transfer_model_kwargs(config), **config.model_kwargs.to_dict()}
+        targets.append(BenchTarget(f"{name} ({config.model})", config.model, kwargs))
+    return targets
+
+
+def bench_config(model: str, batch_size: int, compute_dtype: str,
+                 model_kwargs: Mapping[str, Any] | None = None):
+    """The base config with MODEL (and MODEL_KWARGS), BATCH_SIZE and COMPUTE_DTYPE: a plain
+    run's settings."""
+    import ml_collections
+
     from fer_jax.config import base_config
 
     config = base_config()
     config.model = model
+    config.model_kwargs = ml_collections.ConfigDict(dict(model_kwargs or {}))
     config.batch_size = batch_size
     config.eval_batch_size = batch_size
     config.compute_dtype = compute_dtype
@@ -123,8 +155,8 @@ def forward_flops_per_image(model, variables, batch_size: int) -> float:
     return float(flops) / batch_size if flops else math.nan
 
 
-def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "float32"
-                      ) -> JaxSteps:
+def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "float32",
+                      model_kwargs: Mapping[str, Any] | None = None) -> JaxSteps:
     """Builds the trainer's train step (optimizer, plateau scale, StepRunner) and eval step,
     and runs each once: the first train call's time includes its compilation."""
     import jax
@@ -134,7 +166,7 @@ def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "fl
     from fer_jax.engine.parallel import DATA_AXIS, StepRunner
     from fer_jax.engine.step import init_state, make_step_fns
 
-    config = bench_config(model_name, batch_size, compute_dtype)
+    config = bench_config(model_name, batch_size, compute_dtype, model_kwargs)
     model = build_model(config, bn_axis_name=DATA_AXIS)
     tx = optim.make_optimizer(config)
     plateau = optim.make_plateau(config)
@@ -233,14 +265,14 @@ class BenchRun:
     device_memory: str | None = None
 
 
-def bench_model(name: str, batch_size: int, seconds: float, rounds: int, compute_dtype: str,
-                torch_bench, threads: int) -> tuple[ModelResult, str]:
+def bench_model(target: BenchTarget, batch_size: int, seconds: float, rounds: int,
+                compute_dtype: str, torch_bench, threads: int) -> tuple[ModelResult, str]:
     """Times one model; with TORCH_BENCH the frameworks alternate within every round
     (fer_jax train, PyTorch train, fer_jax eval, PyTorch eval; who goes first swaps each
     round) so that drifts in the machine's speed hit both."""
     import jax
 
-    jax_steps = prepare_jax_steps(name, batch_size, compute_dtype)
+    jax_steps = prepare_jax_steps(target.model, batch_size, compute_dtype, target.model_kwargs)
 
     def timer(step: Callable[[], Any], block: Callable[[Any], Any] = _no_block) -> Callable[[], float]:
         return lambda: measure_images_per_s(step, batch_size, seconds, block=block,
@@ -258,7 +290,8 @@ def bench_model(name: str, batch_size: int, seconds: float, rounds: int, compute
         for kind, make in makers.items():
             for setting in torch_bench.BEST_SETTINGS:
                 key = f"torch {kind} {setting.label}"
-                groups[kind].append((key, timer(make(name, batch_size, setting))))
+                step = make(target.model, batch_size, setting, model_kwargs=target.model_kwargs)
+                groups[kind].append((key, timer(step)))
                 torch_keys[kind].append((key, setting))
 
     rates: dict[str, list[float]] = {key: [] for group in groups.values() for key, _ in group}
@@ -269,7 +302,7 @@ def bench_model(name: str, batch_size: int, seconds: float, rounds: int, compute
     median = {key: statistics.median(values) for key, values in rates.items()}
 
     steady_step_s = batch_size / median["jax train"]
-    result = ModelResult(model=name, params=jax_steps.params,
+    result = ModelResult(model=target.label, params=jax_steps.params,
                          flops_per_image=jax_steps.flops_per_image,
                          compile_s=max(jax_steps.first_train_step_s - steady_step_s, 0.0),
                          jax_train=median["jax train"], jax_eval=median["jax eval"])
@@ -514,8 +547,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m fer_jax.bench",
         description="Training and evaluation speed of the models, with fer_jax's own steps, "
                     "against their PyTorch copies when PyTorch is installed.")
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), metavar="NAME",
-                        help=f"models to time (default: all): {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                        help=f"models to time (default: all, unless --experiments is given): "
+                             f"{', '.join(MODEL_NAMES)}")
+    parser.add_argument("--experiments", nargs="+", default=[], metavar="NAME",
+                        help="also time the network each of these experiments trains (its model "
+                             "and model_kwargs, e.g. fast_5min's 3x3 stack); batch size, dtype "
+                             "and devices come from these options, not from the experiment")
     parser.add_argument("--batch-size", type=_positive(int), default=64)
     parser.add_argument("--seconds", type=_positive(float), default=2.0,
                         help="timed seconds per measurement and round (default 2)")
@@ -538,6 +576,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--notes-file", type=pathlib.Path, default=pathlib.Path(DEFAULT_NOTES),
                         help=f"file --write-notes edits (default: ./{DEFAULT_NOTES})")
     args = parser.parse_args(argv)
+    if args.models is None:
+        args.models = [] if args.experiments else list(MODEL_NAMES)
     unknown = [m for m in args.models if m not in MODEL_NAMES]
     if unknown:
         raise UserError(f"unknown model(s) {', '.join(unknown)}; valid names: {', '.join(MODEL_NAMES)}")
@@ -566,7 +606,7 @@ def resolve_torch(wanted: bool | None):
     return torch_bench, None
 
 
-def run_bench(models: Sequence[str], *, batch_size: int, seconds: float, rounds: int,
+def run_bench(targets: Sequence[BenchTarget], *, batch_size: int, seconds: float, rounds: int,
               compute_dtype: str, torch_bench, pipeline_images: int,
               torch_skipped_because: str | None = None, peak_tflops: float | None = None,
               progress=print) -> BenchRun:
@@ -584,9 +624,9 @@ def run_bench(models: Sequence[str], *, batch_size: int, seconds: float, rounds:
         progress("timing the input pipeline ...")
         pipeline_rate = measure_pipeline(batch_size, pipeline_images, seconds)
     results, devices = [], ""
-    for name in models:
-        progress(f"timing {name} ...")
-        result, devices = bench_model(name, batch_size, seconds, rounds, compute_dtype,
+    for target in targets:
+        progress(f"timing {target.label} ...")
+        result, devices = bench_model(target, batch_size, seconds, rounds, compute_dtype,
                                       torch_bench, threads)
         results.append(result)
     torch_version = None
@@ -612,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_tensorflow()
     torch_bench, skipped = resolve_torch(args.torch)
-    run = run_bench(args.models, batch_size=args.batch_size, seconds=args.seconds,
+    run = run_bench(bench_targets(args.models, args.experiments), batch_size=args.batch_size, seconds=args.seconds,
                     rounds=args.rounds, compute_dtype=args.compute_dtype, torch_bench=torch_bench,
                     pipeline_images=args.pipeline_images, torch_skipped_because=skipped,
                     peak_tflops=args.peak_tflops,

@@ -42,9 +42,19 @@ def torch_models(torch_bench):
     return importlib.import_module("benchmarks.torch_models")
 
 
-def flax_shapes(name: str) -> dict:
+# The time-to-accuracy recipes' networks (3x3 stacks of the simple CNN), which the bench
+# times with --experiments.
+RECIPES = ("fast_5min", "fast_15min")
+
+
+def recipe_network(experiment: str) -> tuple[str, dict]:
+    (target,) = bench.bench_targets([], [experiment])
+    return target.model, dict(target.model_kwargs)
+
+
+def flax_shapes(name: str, model_kwargs: dict | None = None) -> dict:
     """The model's variables as shapes (no compilation)."""
-    model = get_model(name)
+    model = get_model(name, **(model_kwargs or {}))
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)),
                                              train=False))
 
@@ -62,6 +72,20 @@ def test_torch_copy_has_the_flax_models_parameter_and_statistics_counts(name, to
     assert torch_models.count_parameters(model) == size(shapes["params"])
     running = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
     assert running == size(shapes.get("batch_stats", {}))
+
+
+@pytest.mark.parametrize("experiment", RECIPES)
+def test_torch_copy_of_a_recipes_network_has_its_parameter_count(experiment, torch_models):
+    name, kwargs = recipe_network(experiment)
+    model = torch_models.build_torch_model(name, model_kwargs=kwargs)
+    assert torch_models.count_parameters(model) == size(flax_shapes(name, kwargs)["params"])
+    # The 3x3 kernels really are 3x3 (a copy ignoring kernel_size would have 5x5 ones).
+    assert tuple(model.Conv_0.weight.shape) == (32, 1, 3, 3)
+
+
+def test_torch_copy_refuses_attributes_it_does_not_have(torch_models):
+    with pytest.raises(UserError, match="PyTorch copy of simple_cnn_v1 has no attribute.*stem"):
+        torch_models.build_torch_model("simple_cnn_v1", model_kwargs={"stem": "imagenet"})
 
 
 def test_torch_registry_has_every_flax_model(torch_models):
@@ -82,9 +106,9 @@ def test_torch_copy_output_shape_and_dtype(name, torch, torch_models):
         assert torch.isfinite(out).all()
 
 
-def _random_variables(name: str) -> tuple[object, dict]:
+def _random_variables(name: str, model_kwargs: dict | None = None) -> tuple[object, dict]:
     """Initialised Flax variables with non-trivial BatchNorm statistics."""
-    model = get_model(name)
+    model = get_model(name, **(model_kwargs or {}))
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 48, 48, 1)), train=False))(
         jax.random.key(0, impl="rbg"))
     rng = np.random.default_rng(1)
@@ -102,10 +126,19 @@ def _random_variables(name: str) -> tuple[object, dict]:
     *EQUIVALENCE_FAST,
     *(pytest.param(n, marks=pytest.mark.slow) for n in MODEL_NAMES if n not in EQUIVALENCE_FAST)])
 def test_torch_copy_computes_the_flax_models_function(name, torch, torch_models):
-    model, variables = _random_variables(name)
+    _check_same_function(name, {}, torch, torch_models)
+
+
+@pytest.mark.parametrize("experiment", RECIPES)
+def test_torch_copy_computes_a_recipes_network(experiment, torch, torch_models):
+    _check_same_function(*recipe_network(experiment), torch, torch_models)
+
+
+def _check_same_function(name: str, model_kwargs: dict, torch, torch_models) -> None:
+    model, variables = _random_variables(name, model_kwargs)
     x = np.random.default_rng(2).standard_normal((4, 48, 48, 1)).astype(np.float32)
     expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
-    copy = torch_models.build_torch_model(name).eval()
+    copy = torch_models.build_torch_model(name, model_kwargs=model_kwargs).eval()
     torch_models.load_flax_variables(copy, variables)
     with torch.no_grad():
         got = copy(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
@@ -251,6 +284,27 @@ def test_unknown_model_is_a_user_error():
         bench.main(["--models", "nope"])
 
 
+def test_experiments_are_timed_with_their_network():
+    targets = bench.bench_targets(["cbam_cnn"], list(RECIPES))
+    assert [t.label for t in targets] == ["cbam_cnn", "fast_5min (simple_cnn_v1)",
+                                          "fast_15min (simple_cnn_v1)"]
+    assert targets[0].model_kwargs == {}
+    assert dict(targets[1].model_kwargs) == {"widths": (32, 64, 128), "kernel_size": 3, "dropout": 0.0}
+    assert dict(targets[2].model_kwargs)["widths"] == (32, 64, 128, 256)
+    # --experiments alone times only them; --models alone (or neither) the models.
+    assert bench.parse_args(["--experiments", "fast_5min"]).models == []
+    assert bench.parse_args([]).models == list(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("experiment, message", [
+    ("nope", "unknown experiment 'nope'"),
+    ("ensemble", "experiment ensemble is an ensemble of .*time its members"),
+])
+def test_experiments_the_bench_cannot_time_are_user_errors(experiment, message):
+    with pytest.raises(UserError, match=message):
+        bench.bench_targets([], [experiment])
+
+
 def test_asking_for_pytorch_without_it_is_a_user_error(monkeypatch):
     monkeypatch.setattr(bench, "load_torch_bench", lambda: None)
     with pytest.raises(UserError, match="PyTorch is not installed"):
@@ -259,10 +313,14 @@ def test_asking_for_pytorch_without_it_is_a_user_error(monkeypatch):
     assert bench.resolve_torch(False) == (None, "--no-torch")
 
 
-def test_smoke_run_prints_the_table(capsys):
+@pytest.mark.parametrize("what, label, params", [
+    (["--models", "simple_cnn_v1"], "simple_cnn_v1", "1,232,775"),
+    (["--experiments", "fast_5min"], "fast_5min (simple_cnn_v1)", "683,527"),
+])
+def test_smoke_run_prints_the_table(what, label, params, capsys):
     """Both frameworks' columns with PyTorch installed, fer_jax's alone without it."""
     with_torch = bench.load_torch_bench() is not None
-    status = bench.main(["--models", "simple_cnn_v1", "--batch-size", "8", "--seconds", "0.05",
+    status = bench.main([*what, "--batch-size", "8", "--seconds", "0.05",
                          "--rounds", "1", "--pipeline-images", "64"])
     assert status == 0
     out = capsys.readouterr().out
@@ -270,7 +328,7 @@ def test_smoke_run_prints_the_table(capsys):
     assert len(lines) == 3
     assert _cells(lines[0]) == bench.table_columns(with_torch)
     row = dict(zip(_cells(lines[0]), _cells(lines[2])))
-    assert row["model"] == "simple_cnn_v1" and row["params"] == "1,232,775"
+    assert row["model"] == label and row["params"] == params
     numeric = ["fwd MFLOP/img", "fer_jax train img/s", "fer_jax eval img/s"]
     if with_torch:
         numeric += ["PyTorch train img/s", "train ratio", "PyTorch eval img/s", "eval ratio"]
