@@ -121,9 +121,10 @@ def probe_weight_grad() -> None:
 
 
 def _relu_pool(y):
-    """layers.max_pool2's reshape form after a ReLU."""
-    y = jax.nn.relu(y)
-    return y.reshape(y.shape[0], y.shape[1] // 2, 2, y.shape[2] // 2, 2, y.shape[3]).max(axis=(2, 4))
+    """The models' ReLU then 2x2 max-pool."""
+    from fer_jax.models.layers import max_pool2
+
+    return max_pool2(jax.nn.relu(y))
 
 
 def _first_conv_patches(x, w):

@@ -652,7 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_tensorflow()
     torch_bench, skipped = resolve_torch(args.torch)
-    run = run_bench(bench_targets(args.models, args.experiments), batch_size=args.batch_size, seconds=args.seconds,
+    targets = bench_targets(args.models, args.experiments)
+    run = run_bench(targets, batch_size=args.batch_size, seconds=args.seconds,
                     rounds=args.rounds, compute_dtype=args.compute_dtype, torch_bench=torch_bench,
                     pipeline_images=args.pipeline_images, torch_skipped_because=skipped,
                     peak_tflops=args.peak_tflops,
