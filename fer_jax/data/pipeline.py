@@ -10,6 +10,7 @@ P gets rows [p*B/P, (p+1)*B/P) of every global batch.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Iterator, Mapping
@@ -35,6 +36,11 @@ _hide_gpus_from_tensorflow()
 
 # Salt that separates the augmentation key from the order generator's seed words.
 _AUGMENT_STREAM = 1
+
+# Batches the training stream keeps ready ahead of the step. Fixed, with tf.data's
+# autotuning off (_dataset_options): a few suffice where one batch takes the pipeline
+# about a millisecond and the step tens of them.
+DEFAULT_PREFETCH_BATCHES = 4
 
 
 # ----------------------------------------------------------------------------- checks
@@ -186,9 +192,21 @@ def _augment_key(seed: int, epoch: int) -> np.ndarray:
     return words.astype(np.int64)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _dataset_options(threads: int | None) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
+    # Autotuning off: dropping an iterator waits for autotune's optimization thread, which
+    # on the 2-core machine, with the training step on both cores, took 12-15 s in about
+    # half the epochs (0.3 s without it), and the pipeline is as fast without it
+    # (BUILD_NOTES, "Epoch boundaries").
+    options.autotune.enabled = False
     if threads is not None:
         if threads < 1:
             raise UserError(f"threads must be >= 1, got {threads}")
@@ -196,17 +214,23 @@ def _dataset_options(threads: int | None) -> tf.data.Options:
     return options
 
 
-def train_batches(images: np.ndarray, labels: np.ndarray, *, global_batch_size: int, seed: int,
+def train_batches(images: np.ndarray, labels: np.ndarray, **kwargs: Any) -> Iterator[dict]:
+    """train_dataset(images, labels, **kwargs) as an iterator of numpy batches."""
+    return train_dataset(images, labels, **kwargs).as_numpy_iterator()
+
+
+def train_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: int, seed: int,
                   epoch: int, augment: AugmentConfig, balanced: bool, norm: Mapping[str, float],
                   start_batch: int = 0, process_index: int = 0, process_count: int = 1,
                   num_parallel_calls: int | None = None, threads: int | None = None,
-                  prefetch: int | None = None) -> Iterator[dict]:
+                  prefetch: int | None = None) -> tf.data.Dataset:
     """This process's share of batches start_batch, start_batch+1, ... of one epoch.
 
-    Yields {"image": float32 (b, 48, 48, 1) normalized, "label": int32 (b,)}, with
+    Elements are {"image": float32 (b, 48, 48, 1) normalized, "label": int32 (b,)}, with
     b = global_batch_size / process_count. Arguments are checked before returning.
-    num_parallel_calls / prefetch default to AUTOTUNE; threads bounds tf.data's private
-    thread pool (default: tf.data's shared pool).
+    num_parallel_calls defaults to the usable cores and prefetch to
+    DEFAULT_PREFETCH_BATCHES (tf.data's autotuning is off); threads bounds tf.data's
+    private thread pool (default: tf.data's shared pool).
     """
     labels = _check_pair(images, labels)
     lo, hi = _shard_rows(global_batch_size, process_index, process_count)
@@ -234,23 +258,23 @@ def train_batches(images: np.ndarray, labels: np.ndarray, *, global_batch_size: 
                           erase_value=mean, global_batch_size=global_batch_size, row_offset=lo)
         return {"image": (x - mean) / std, "label": tf.gather(all_labels, take)}
 
-    parallel = tf.data.AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+    parallel = usable_cores() if num_parallel_calls is None else num_parallel_calls
     dataset = (tf.data.Dataset.from_tensor_slices((batch_index, rows))
                .map(make_batch, num_parallel_calls=parallel, deterministic=True)
-               .prefetch(tf.data.AUTOTUNE if prefetch is None else prefetch)
+               .prefetch(DEFAULT_PREFETCH_BATCHES if prefetch is None else prefetch)
                .with_options(_dataset_options(threads)))
-    return dataset.as_numpy_iterator()
+    return dataset
 
 
 def release_in_background(holder: list) -> threading.Thread:
     """Empties HOLDER, a one-element list with the only reference to a train_batches
     iterator, on a helper thread, which it returns (join it before the process ends).
 
-    Destroying an epoch's tf.data iterator took 8-12 s in about a third of the epochs of
-    the 5-minute runs on the 2-core machine (inside TensorFlow, with the GIL released,
-    the cores idle); the next epoch waited for it. On a helper thread the training loop
-    goes on meanwhile. The caller drops its own references first, so that the last one
-    goes on the helper thread.
+    Destroying an iterator joins tf.data's threads: 0.3 s on the 2-core machine with the
+    training step running beside it (12-15 s in half the epochs while tf.data's
+    autotuning was on, see _dataset_options). On a helper thread the training loop goes
+    on meanwhile. The caller drops its own references first, so that the last one goes
+    on the helper thread.
     """
     if len(holder) != 1:
         raise ValueError(f"holder must hold exactly one iterator, got {len(holder)} items")
