@@ -203,9 +203,9 @@ def _dataset_options(threads: int | None) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
     # Autotuning off: dropping an iterator waits for autotune's optimization thread, which
-    # on the 2-core machine, with the training step on both cores, took 12-15 s in about
-    # half the epochs (0.3 s without it), and the pipeline is as fast without it
-    # (BUILD_NOTES, "Epoch boundaries").
+    # on the 2-core machine, with the training step on both cores, took 12-15 s in most
+    # epochs (0.3 s without it), and the pipeline is as fast without it (BUILD_NOTES,
+    # "Epoch boundaries").
     options.autotune.enabled = False
     if threads is not None:
         if threads < 1:
@@ -271,8 +271,8 @@ def release_in_background(holder: list) -> threading.Thread:
     iterator, on a helper thread, which it returns (join it before the process ends).
 
     Destroying an iterator joins tf.data's threads: 0.3 s on the 2-core machine with the
-    training step running beside it (12-15 s in half the epochs while tf.data's
-    autotuning was on, see _dataset_options). On a helper thread the training loop goes
+    training step running beside it (12-15 s in most epochs while tf.data's autotuning
+    was on, see _dataset_options). On a helper thread the training loop goes
     on meanwhile. The caller drops its own references first, so that the last one goes
     on the helper thread.
     """
