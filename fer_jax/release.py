@@ -17,8 +17,6 @@ import platform
 import shutil
 import sys
 
-import numpy as np
-
 from fer_jax.cli_common import quiet_tensorflow
 from fer_jax.errors import UserError, run_cli
 
