@@ -8,8 +8,9 @@
 # A machine without fer_jax's dependencies can take the missing pure-Python ones as
 # wheels in .whl/ (the lent GPU image of this workplace lacks ml-collections), e.g.
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections==1.1.0
-# Settings: MODELS, BATCHES ("64 512"; bfloat16 is timed at the last), ROUNDS (3),
-# SECONDS_PER_MEASUREMENT (2).
+# Settings: MODELS, EXPERIMENTS (the time-to-accuracy recipes' networks, "fast_5min
+# fast_15min"; found in the checkout without an install), BATCHES ("64 512"; bfloat16 is
+# timed at the last), ROUNDS (3), SECONDS_PER_MEASUREMENT (2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/accelerator_check}
@@ -21,6 +22,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 models=${MODELS:-simple_cnn_v1 deep_cnn_v1 cbam_cnn resnet18}
+experiments=${EXPERIMENTS-fast_5min fast_15min}
 batches=${BATCHES:-64 512}
 rounds=${ROUNDS:-3}
 seconds=${SECONDS_PER_MEASUREMENT:-2}
@@ -41,7 +43,8 @@ for batch in $batches; do
     [ "$batch" = "$last" ] && dtypes="float32 bfloat16"
     for dtype in $dtypes; do
         echo "=== batch $batch, $dtype ($(date -u +%H:%M:%S))" | tee -a "$out/bench.txt"
-        python3 -m fer_jax.bench --models $models --batch-size "$batch" --compute-dtype "$dtype" \
+        python3 -m fer_jax.bench --models $models ${experiments:+--experiments $experiments} \
+            --batch-size "$batch" --compute-dtype "$dtype" \
             --rounds "$rounds" --seconds "$seconds" --no-torch --pipeline-images "$pipeline" \
             2>&1 | tee -a "$out/bench.txt" || status=1
     done

@@ -1,0 +1,42 @@
+"""The packages an install maps from the checkout's own folders, found in a bare checkout too.
+
+pyproject's package-dir installs experiments/ as fer_jax.experiments and release/ as
+fer_jax.released. Run from a checkout that was never installed (PYTHONPATH=., as on a
+lent machine without the dependencies to install it), those names do not exist; the
+folders beside the package do, and are imported under the same names.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pathlib
+import sys
+from types import ModuleType
+
+from fer_jax.errors import UserError
+
+CHECKOUT_FOLDERS = {"fer_jax.experiments": "experiments", "fer_jax.released": "release"}
+
+
+def import_mapped(name: str) -> ModuleType:
+    """The package NAME (a key of CHECKOUT_FOLDERS), installed or from the checkout."""
+    folder_name = CHECKOUT_FOLDERS[name]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+    folder = pathlib.Path(__file__).resolve().parent.parent / folder_name
+    init = folder / "__init__.py"
+    if not init.is_file():
+        raise UserError(f"{name} is not installed and there is no {folder_name}/ beside the "
+                        f"fer_jax package ({folder}); install fer_jax (pip install -e .)")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
