@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from fer_jax import device_peak
-from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices
+from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices, usable_cores
 from fer_jax.errors import UserError, run_cli
 
 NOTES_START = "<!-- bench:start -->"
@@ -224,10 +224,7 @@ def load_torch_bench():
 def torch_threads() -> int:
     """The cores this process may use: XLA's CPU client sizes its pool from the same set,
     so `taskset` limits both frameworks alike."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 # ---------------------------------------------------------------------------- results

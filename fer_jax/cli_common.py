@@ -22,6 +22,13 @@ def auto_cpu_devices(cores: int) -> int:
     return count
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def split_cpu_into_devices(requested: int = 0) -> int | None:
     """Exposes the CPU as REQUESTED XLA devices (0: auto_cpu_devices) for data parallelism
     inside one process; must run before jax is imported.
@@ -35,11 +42,7 @@ def split_cpu_into_devices(requested: int = 0) -> int | None:
     flags = os.environ.get("XLA_FLAGS", "")
     if CPU_DEVICE_FLAG in flags or "jax" in sys.modules:
         return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    count = auto_cpu_devices(cores) if requested <= 0 else int(requested)
+    count = auto_cpu_devices(usable_cores()) if requested <= 0 else int(requested)
     if count > 1:
         os.environ["XLA_FLAGS"] = f"{flags} {CPU_DEVICE_FLAG}={count}".strip()
     return count

@@ -10,7 +10,6 @@ P gets rows [p*B/P, (p+1)*B/P) of every global batch.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Iterator, Mapping
@@ -18,6 +17,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
+from fer_jax.cli_common import usable_cores
 from fer_jax.data.augment import AugmentConfig, augment_batch
 from fer_jax.data.types import IMAGE_SIZE, NUM_CLASSES
 from fer_jax.errors import UserError
@@ -190,13 +190,6 @@ def _augment_key(seed: int, epoch: int) -> np.ndarray:
     """A well-mixed stateless key for (seed, epoch); batches fold their index into it."""
     words = np.random.SeedSequence([int(seed), int(epoch), _AUGMENT_STREAM]).generate_state(2, np.uint32)
     return words.astype(np.int64)
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def _dataset_options(threads: int | None) -> tf.data.Options:
