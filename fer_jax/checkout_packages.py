@@ -40,3 +40,8 @@ def import_mapped(name: str) -> ModuleType:
         del sys.modules[name]
         raise
     return module
+
+
+def mapped_folder(name: str) -> pathlib.Path:
+    """The folder the package NAME (a key of CHECKOUT_FOLDERS) is read from."""
+    return pathlib.Path(import_mapped(name).__file__).parent

@@ -104,8 +104,8 @@ def default_workdir(experiment: str) -> str:
 
 def experiments_dir() -> pathlib.Path:
     """`experiments/` of the checkout, installed as the package fer_jax.experiments."""
-    from fer_jax.checkout_packages import import_mapped
-    return pathlib.Path(import_mapped("fer_jax.experiments").__file__).parent
+    from fer_jax.checkout_packages import mapped_folder
+    return mapped_folder("fer_jax.experiments")
 
 
 def experiment_names() -> list[str]:

@@ -29,8 +29,8 @@ META_KEYS = ("config", "normalization", "data", "model", "epoch", "history", "sy
 
 def release_root() -> pathlib.Path:
     """release/ of the checkout, installed as the package fer_jax.released."""
-    from fer_jax.checkout_packages import import_mapped
-    return pathlib.Path(import_mapped("fer_jax.released").__file__).parent
+    from fer_jax.checkout_packages import mapped_folder
+    return mapped_folder("fer_jax.released")
 
 
 def released_checkpoint(name: str = DEFAULT_NAME) -> pathlib.Path:

@@ -112,8 +112,8 @@ def _released_model(given: pathlib.Path) -> pathlib.Path:
     """release/NAME read from the installed package when the working directory has none,
     so that the shipped models are found outside a checkout too."""
     if len(given.parts) == 2 and given.parts[0] == "release":
-        from fer_jax.checkout_packages import import_mapped
-        installed = pathlib.Path(import_mapped("fer_jax.released").__file__).parent / given.parts[1]
+        from fer_jax.checkout_packages import mapped_folder
+        installed = mapped_folder("fer_jax.released") / given.parts[1]
         if installed.is_dir():
             return installed
     raise UserError(f"{given}: checkpoint folder not found")
