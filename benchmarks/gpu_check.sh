@@ -9,7 +9,7 @@
 # wheels in .whl/ (the lent GPU image of this workplace lacks ml-collections), e.g.
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections==1.1.0
 # Settings: MODELS, EXPERIMENTS (the time-to-accuracy recipes' networks, "fast_5min
-# fast_15min"; found in the checkout without an install), BATCHES ("64 512"; bfloat16 is
+# fast_15min"; found in the checkout without an install; empty: none), BATCHES ("64 512"; bfloat16 is
 # timed at the last), ROUNDS (3), SECONDS_PER_MEASUREMENT (2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
