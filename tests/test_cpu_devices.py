@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fer_jax.cli_common import CPU_DEVICE_FLAG, auto_cpu_devices, split_cpu_into_devices
+from fer_jax.runtime import CPU_DEVICE_FLAG, auto_cpu_devices, split_cpu_into_devices
 
 
 @pytest.mark.parametrize("cores, devices", [(1, 1), (2, 2), (3, 2), (6, 4), (8, 8), (64, 8)])

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
-from fer_jax.cli_common import usable_cores
+from fer_jax.runtime import usable_cores
 from fer_jax.data.augment import AugmentConfig, augment_batch
 from fer_jax.data.types import IMAGE_SIZE, NUM_CLASSES
 from fer_jax.errors import UserError

@@ -70,7 +70,7 @@ class DetectedFace:
 
 def _load_mtcnn():
     """MTCNN with TensorFlow hidden from the GPUs and its logging reduced to errors."""
-    from fer_jax.cli_common import quiet_tensorflow
+    from fer_jax.runtime import quiet_tensorflow
     quiet_tensorflow()
     try:
         import tensorflow as tf
