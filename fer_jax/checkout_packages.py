@@ -4,6 +4,9 @@ pyproject's package-dir installs experiments/ as fer_jax.experiments and release
 fer_jax.released. Run from a checkout that was never installed (PYTHONPATH=., as on a
 lent machine without the dependencies to install it), those names do not exist; the
 folders beside the package do, and are imported under the same names.
+
+The released models (release/NAME) are looked up here, once, for every command and
+for checkpoint paths that name one.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from types import ModuleType
 from fer_jax.errors import UserError
 
 CHECKOUT_FOLDERS = {"fer_jax.experiments": "experiments", "fer_jax.released": "release"}
+# The released model that evaluate, visualize, predict and ExpressionPredictor() use by default.
+DEFAULT_RELEASE = "final"
 
 
 def import_mapped(name: str) -> ModuleType:
@@ -45,3 +50,26 @@ def import_mapped(name: str) -> ModuleType:
 def mapped_folder(name: str) -> pathlib.Path:
     """The folder the package NAME (a key of CHECKOUT_FOLDERS) is read from."""
     return pathlib.Path(import_mapped(name).__file__).parent
+
+
+def release_root() -> pathlib.Path:
+    """release/ of the checkout, installed as the package fer_jax.released."""
+    return mapped_folder("fer_jax.released")
+
+
+def released_checkpoint(name: str = DEFAULT_RELEASE) -> pathlib.Path:
+    """The released model NAME's folder; UserError when there is none."""
+    path = release_root() / name
+    if not (path / "variables").is_dir():
+        raise UserError(f"no --checkpoint given and there is no released model at {path}; "
+                        "pass --checkpoint RUN_WORKDIR")
+    return path
+
+
+def installed_release(given: pathlib.Path) -> pathlib.Path | None:
+    """The installed folder of a path `release/NAME` (a released model named from outside
+    a checkout), or None when GIVEN is no such path or no such model is installed."""
+    if len(given.parts) != 2 or given.parts[0] != "release":
+        return None
+    installed = release_root() / given.parts[1]
+    return installed if installed.is_dir() else None

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fer_jax.checkout_packages import installed_release
 from fer_jax.errors import UserError
 
 LATEST = "latest"
@@ -111,12 +112,10 @@ def _is_step_dir(path: pathlib.Path) -> bool:
 def _released_model(given: pathlib.Path) -> pathlib.Path:
     """release/NAME read from the installed package when the working directory has none,
     so that the shipped models are found outside a checkout too."""
-    if len(given.parts) == 2 and given.parts[0] == "release":
-        from fer_jax.checkout_packages import mapped_folder
-        installed = mapped_folder("fer_jax.released") / given.parts[1]
-        if installed.is_dir():
-            return installed
-    raise UserError(f"{given}: checkpoint folder not found")
+    installed = installed_release(given)
+    if installed is None:
+        raise UserError(f"{given}: checkpoint folder not found")
+    return installed
 
 
 def resolve_checkpoint(given: str | pathlib.Path) -> pathlib.Path:
