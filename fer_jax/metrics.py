@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fer_jax.data.types import CLASS_NAMES
+from fer_jax.data.types import CLASS_NAMES, NUM_CLASSES
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """int64 (7, 7) counts: rows the true class, columns the predicted one."""
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    np.add.at(confusion, (np.asarray(labels), np.asarray(predictions)), 1)
+    return confusion
 
 
 def summarize_confusion(confusion: np.ndarray) -> dict:

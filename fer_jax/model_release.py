@@ -1,45 +1,33 @@
-"""python -m fer_jax.release --checkpoint RUN --data PATH [--name final] [--tta flip_crops] [--out release]
-
-Makes a released model from a run's best checkpoint: the step folder with only
-`variables` (params, batch_stats) and `meta` (config, normalization, data identity,
-history; no optimizer state), its PublicTest scores with and without test-time
-augmentation, the confusion matrix as a picture, and MODEL_CARD.md. `evaluate`,
-`visualize`, `predict` and `ExpressionPredictor()` use release/final when no
-checkpoint is given.
+"""A released model from a run's best checkpoint: the step folder with only `variables`
+(params, batch_stats) and `meta` (config, normalization, data identity, history; no
+optimizer state), its PublicTest scores with and without test-time augmentation, the
+confusion matrix as a picture, and MODEL_CARD.md. `evaluate`, `visualize`, `predict` and
+`ExpressionPredictor()` use release/final when no checkpoint is given.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import pathlib
 import platform
 import shutil
-import sys
 
-from fer_jax.cli_common import quiet_tensorflow
-from fer_jax.errors import UserError, run_cli
+import jax
+import orbax.checkpoint as ocp
 
-DEFAULT_NAME = "final"
+from fer_jax.checkout_packages import DEFAULT_RELEASE, release_root
+from fer_jax.data.cache import load_fer_cached
+from fer_jax.data.types import CLASS_NAMES, PUBLIC_TEST
+from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
+from fer_jax.errors import UserError
+from fer_jax.inference.ensemble import load_member
+from fer_jax.inference.scoring import score, select_split
+from fer_jax.plots import confusion_matrix_figure
+
 MAX_RELEASE_BYTES = 50 * 1024 * 1024
 # What a release keeps of a checkpoint's metadata: enough to rebuild, normalize and explain.
 META_KEYS = ("config", "normalization", "data", "model", "epoch", "history", "synthetic", "notice",
              "train_seconds", "val_metrics", "best_val_accuracy")
-
-
-def release_root() -> pathlib.Path:
-    """release/ of the checkout, installed as the package fer_jax.released."""
-    from fer_jax.checkout_packages import mapped_folder
-    return mapped_folder("fer_jax.released")
-
-
-def released_checkpoint(name: str = DEFAULT_NAME) -> pathlib.Path:
-    """The released model NAME's folder; UserError when there is none."""
-    path = release_root() / name
-    if not (path / "variables").is_dir():
-        raise UserError(f"no --checkpoint given and there is no released model at {path}; "
-                        "pass --checkpoint RUN_WORKDIR")
-    return path
 
 
 def folder_bytes(path: pathlib.Path) -> int:
@@ -48,14 +36,12 @@ def folder_bytes(path: pathlib.Path) -> int:
 
 def scores(checkpoint: pathlib.Path, data, tta_modes: tuple[str, ...]) -> list[dict]:
     """PublicTest metrics of CHECKPOINT for each TTA mode; the model is loaded once."""
-    from fer_jax.ensemble import _load_member, score
-    _, predict = _load_member(checkpoint, 256)
-    return [score(data.labels, predict(data.images, tta)) for tta in tta_modes]
+    member = load_member(checkpoint, 256)
+    return [score(data.labels, member.probabilities(data.images, tta)) for tta in tta_modes]
 
 
 def stage_one(config: dict) -> dict | None:
     """What init_from points at (the run this one started from), if it is still there."""
-    from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint
     if not config.get("init_from"):
         return None
     try:
@@ -93,7 +79,6 @@ def _recipe_lines(config: dict, first_stage: dict | None = None) -> list[str]:
 
 def confused_with(summary: dict, cls: str) -> str:
     """The two classes that faces of CLS are most often predicted as, e.g. 'sad and angry'."""
-    from fer_jax.data.types import CLASS_NAMES
     row = list(summary["confusion_matrix"][CLASS_NAMES.index(cls)])
     row[CLASS_NAMES.index(cls)] = -1
     first, second = sorted(range(len(row)), key=lambda j: -row[j])[:2]
@@ -102,9 +87,9 @@ def confused_with(summary: dict, cls: str) -> str:
 
 def _usage(name: str) -> list[str]:
     """The card's commands: the default release needs no --checkpoint, the others name theirs."""
-    flag = "" if name == DEFAULT_NAME else f" --checkpoint release/{name}"
-    argument = "" if name == DEFAULT_NAME else f'"release/{name}"'
-    note = " (no argument: this model)" if name == DEFAULT_NAME else ""
+    flag = "" if name == DEFAULT_RELEASE else f" --checkpoint release/{name}"
+    argument = "" if name == DEFAULT_RELEASE else f'"release/{name}"'
+    note = " (no argument: this model)" if name == DEFAULT_RELEASE else ""
     return ["```",
             f"python -m fer_jax.predict photo.jpg{flag}    # faces found by MTCNN, then classified",
             f"python -m fer_jax.evaluate --data fer2013.csv{flag}  # scores on PublicTest",
@@ -186,20 +171,13 @@ def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: 
     ])
 
 
-def make_release(checkpoint, data_path, *, name: str = DEFAULT_NAME, tta: str = "flip_crops",
+def make_release(checkpoint, data_path, *, name: str = DEFAULT_RELEASE, tta: str = "flip_crops",
                  out: str | pathlib.Path | None = None, description: str | None = None) -> dict:
     """Writes OUT/NAME (default release/NAME); returns its metrics.
 
     `description` replaces the run's one-line label, for runs whose --set overrides made
     them something other than their experiment's description says; the run's own label
     stays in the config as `run_description`."""
-    import jax
-    import orbax.checkpoint as ocp
-    from fer_jax.data.cache import load_fer_cached
-    from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
-    from fer_jax.evaluate import select_split
-    from fer_jax.plots import confusion_matrix_figure
-
     step_dir = resolve_checkpoint(checkpoint)
     meta = read_meta(step_dir)
     if "config" not in meta or "normalization" not in meta:
@@ -209,7 +187,7 @@ def make_release(checkpoint, data_path, *, name: str = DEFAULT_NAME, tta: str = 
     if trained_on and trained_on != loaded.fingerprint and not meta.get("synthetic"):
         raise UserError(f"{data_path} is not the data set this model was trained on; "
                         "pass the file it was trained with")
-    data = select_split(loaded, "PublicTest")
+    data = select_split(loaded, PUBLIC_TEST)
     target = pathlib.Path(out) / name if out else release_root() / name
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -246,29 +224,3 @@ def make_release(checkpoint, data_path, *, name: str = DEFAULT_NAME, tta: str = 
     staging.rename(target)
     metrics["path"], metrics["bytes"] = str(target), size
     return metrics
-
-
-def main(argv=None) -> int:
-    from fer_jax.ensemble import TTA_MODES
-    parser = argparse.ArgumentParser(prog="python -m fer_jax.release", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--checkpoint", required=True, help="a run's workdir (its best checkpoint) or a step folder")
-    parser.add_argument("--data", required=True, help="the FER2013 file it was trained on (PublicTest is scored)")
-    parser.add_argument("--name", default=DEFAULT_NAME, help="release name (default: final)")
-    parser.add_argument("--tta", default="flip_crops", choices=TTA_MODES,
-                        help="test-time augmentation reported beside the plain score")
-    parser.add_argument("--out", default=None, help="parent folder (default: the repository's release/)")
-    parser.add_argument("--description", default=None,
-                        help="the model card's one-line label, when the run's own one no longer fits "
-                             "(a run whose --set overrides changed what it is)")
-    args = parser.parse_args(argv)
-    quiet_tensorflow()
-    metrics = make_release(args.checkpoint, args.data, name=args.name, tta=args.tta, out=args.out,
-                           description=args.description)
-    print(f"released {metrics['path']} ({metrics['bytes'] / 1e6:.1f} MB, {metrics['parameters']:,} parameters)")
-    print(f"PublicTest accuracy {metrics['no_tta']['accuracy']:.4f}; with {args.tta} "
-          f"{metrics['tta']['accuracy']:.4f} (macro-F1 {metrics['tta']['macro_f1']:.4f})")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])

@@ -23,7 +23,7 @@ def test_a_bare_checkout_finds_its_experiments_and_releases(tmp_path):
         sys.path.insert(0, {str(CHECKOUT)!r})
         assert importlib.util.find_spec("fer_jax.experiments") is None, "not a bare checkout"
         from fer_jax.config import load_experiment
-        from fer_jax.release import release_root
+        from fer_jax.checkout_packages import release_root
         config = load_experiment("fast_15min")  # imports fer_jax.experiments.fast_5min itself
         print(tuple(config.model_kwargs.widths), release_root())
     """)

@@ -6,9 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from fer_jax import ensemble, evaluate
+from fer_jax.cli import ensemble as ensemble_cli
+from fer_jax.cli import evaluate
 from fer_jax.data.cache import load_fer_cached
 from fer_jax.errors import run_cli
+from fer_jax.inference import ensemble
+from fer_jax.inference.scoring import score
+from fer_jax.inference.tta import shifted, tta_views
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +39,10 @@ def test_ensemble_probabilities_is_the_weighted_mean():
 
 def test_shifted_moves_the_image_and_repeats_the_edge():
     image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
-    down_right = ensemble.shifted(image, 1, 1)[0]
+    down_right = shifted(image, 1, 1)[0]
     np.testing.assert_array_equal(down_right[1:, 1:], image[0, :3, :3])
     np.testing.assert_array_equal(down_right[0], [0, 0, 1, 2])  # the top row repeats row 0
-    up_left = ensemble.shifted(image, -1, -1)[0]
+    up_left = shifted(image, -1, -1)[0]
     np.testing.assert_array_equal(up_left[:3, :3], image[0, 1:, 1:])
     np.testing.assert_array_equal(up_left[3], [13, 14, 15, 15])
 
@@ -46,10 +50,10 @@ def test_shifted_moves_the_image_and_repeats_the_edge():
 def test_tta_views():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 48, 48), dtype=np.uint8)
-    assert len(ensemble.tta_views(images, "none")) == 1
-    flip = ensemble.tta_views(images, "flip")
+    assert len(tta_views(images, "none")) == 1
+    flip = tta_views(images, "flip")
     np.testing.assert_array_equal(flip[1], images[:, :, ::-1])
-    crops = ensemble.tta_views(images, "flip_crops")
+    crops = tta_views(images, "flip_crops")
     assert len(crops) == 10 and all(v.shape == images.shape and v.dtype == np.uint8 for v in crops)
     np.testing.assert_array_equal(crops[0], images)
     np.testing.assert_array_equal(crops[5], images[:, :, ::-1])
@@ -71,7 +75,7 @@ def test_flip_tta_of_a_mirror_symmetric_face_changes_nothing(simple_run, public_
 def test_command_reports_members_and_ensemble(simple_run, cbam_run, fer_sample_path, public_test,
                                               tmp_path, capsys):
     out = tmp_path / "report"
-    assert ensemble.main(["--checkpoints", str(simple_run), str(cbam_run), "--data", str(fer_sample_path),
+    assert ensemble_cli.main(["--checkpoints", str(simple_run), str(cbam_run), "--data", str(fer_sample_path),
                           "--tta", "flip", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("accuracy: ")
@@ -93,7 +97,7 @@ def test_command_reports_members_and_ensemble(simple_run, cbam_run, fer_sample_p
 def test_one_member_ensemble_equals_evaluate(simple_run, fer_sample_path, capsys):
     assert evaluate.main(["--checkpoint", str(simple_run), "--data", str(fer_sample_path)]) == 0
     evaluated = capsys.readouterr().out.splitlines()
-    assert ensemble.main(["--checkpoints", str(simple_run), "--data", str(fer_sample_path)]) == 0
+    assert ensemble_cli.main(["--checkpoints", str(simple_run), "--data", str(fer_sample_path)]) == 0
     ensembled = capsys.readouterr().out.splitlines()
     assert ensembled[:2] == evaluated[:2]  # accuracy and macro_f1 lines
 
@@ -104,7 +108,7 @@ def test_checkpoints_given_relative_to_the_working_directory(simple_run, fer_sam
     assert evaluate.main(["--checkpoint", str(simple_run), "--data", str(fer_sample_path)]) == 0
     absolute = capsys.readouterr().out.splitlines()[:2]
     monkeypatch.chdir(simple_run.parent)
-    assert ensemble.main(["--checkpoints", simple_run.name, "--data", str(fer_sample_path)]) == 0
+    assert ensemble_cli.main(["--checkpoints", simple_run.name, "--data", str(fer_sample_path)]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == absolute
     assert evaluate.main(["--checkpoint", simple_run.name, "--data", str(fer_sample_path)]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == absolute
@@ -112,7 +116,7 @@ def test_checkpoints_given_relative_to_the_working_directory(simple_run, fer_sam
 
 def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, fer_sample_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(ensemble.main, ["--checkpoints", str(tmp_path / "nowhere"), "--data", str(fer_sample_path)])
+        run_cli(ensemble_cli.main, ["--checkpoints", str(tmp_path / "nowhere"), "--data", str(fer_sample_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "nowhere" in err[0]
@@ -125,9 +129,9 @@ def test_search_scores_every_subset_and_lists_the_best_first(simple_run, cbam_ru
     rows = ensemble.subset_search(probs, labels, ["a", "b", "c"])
     assert sorted(tuple(r["members"]) for r in rows) == [("a", "b"), ("a", "b", "c"), ("a", "c"), ("b", "c")]
     assert [r["accuracy"] for r in rows] == sorted((r["accuracy"] for r in rows), reverse=True)
-    both = ensemble.score(labels, ensemble.ensemble_probabilities(probs[:2]))
+    both = score(labels, ensemble.ensemble_probabilities(probs[:2]))
     assert next(r for r in rows if r["members"] == ["a", "b"])["accuracy"] == both["accuracy"]
-    assert ensemble.main(["--checkpoints", str(simple_run), str(cbam_run), "--data", str(fer_sample_path),
+    assert ensemble_cli.main(["--checkpoints", str(simple_run), str(cbam_run), "--data", str(fer_sample_path),
                           "--search"]) == 0
     out = capsys.readouterr().out
     first_line = out.splitlines()[0]  # the ensemble of all members: the only subset of two

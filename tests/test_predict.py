@@ -120,7 +120,7 @@ def test_api_finds_and_classifies_faces(predictor):
 def test_faces_are_normalized_exactly_as_in_training(predictor, checkpoint, fer_sample_path):
     import jax
     from fer_jax.data.pipeline import eval_batches
-    from fer_jax.evaluate import load_model
+    from fer_jax.inference.loading import load_model
 
     images = read_fer(fer_sample_path).images[:5]
     _, model, variables, norm, _, _ = load_model(checkpoint)

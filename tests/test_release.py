@@ -6,9 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from fer_jax import evaluate, release
-from fer_jax.ensemble import member_probabilities
+from fer_jax import model_release as release
+from fer_jax.checkout_packages import released_checkpoint
+from fer_jax.cli import evaluate
 from fer_jax.errors import UserError
+from fer_jax.inference.ensemble import member_probabilities
+from fer_jax.inference.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def test_release_holds_variables_and_meta_only(released):
     assert sorted(p.name for p in path.iterdir()) == [
         "MODEL_CARD.md", "confusion_matrix.png", "meta", "metrics.json", "variables"]
     assert metrics["bytes"] < release.MAX_RELEASE_BYTES
-    _, _, _, norm, step_dir, meta = evaluate.load_model(path)
+    _, _, _, norm, step_dir, meta = load_model(path)
     assert step_dir == path and set(norm) == {"mean", "std"}
     assert set(meta) <= set(release.META_KEYS)
 
@@ -59,7 +62,7 @@ def test_commands_use_the_release_when_no_checkpoint_is_given(released, fer_samp
 def test_no_release_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(release, "release_root", lambda: tmp_path)
     with pytest.raises(UserError, match="no released model at"):
-        evaluate.load_model(None)
+        load_model(None)
 
 
 def test_a_release_must_be_scored_on_the_data_it_was_trained_on(simple_run, tmp_path):
@@ -74,7 +77,7 @@ def test_a_release_must_be_scored_on_the_data_it_was_trained_on(simple_run, tmp_
 def test_a_second_stage_card_names_the_run_it_started_from(simple_run, tmp_path):
     first = release.stage_one({"init_from": str(simple_run)})
     assert first["experiment"] == "simple_cnn_v1" and 0 <= first["val_accuracy"] <= 1
-    _, _, _, _, _, meta = evaluate.load_model(simple_run)
+    _, _, _, _, _, meta = load_model(simple_run)
     lines = release._recipe_lines({**meta["config"], "init_from": str(simple_run)}, first)
     assert lines[-1].startswith(f"- started from the best checkpoint of `{simple_run}` (experiment `simple_cnn_v1`")
     assert release.stage_one({"init_from": ""}) is None
@@ -92,13 +95,13 @@ def test_only_the_default_release_is_used_without_a_checkpoint_argument(released
 
 
 def test_a_new_label_replaces_the_runs_own_and_names_it(simple_run, fer_sample_path, tmp_path):
-    _, _, _, _, _, meta = evaluate.load_model(simple_run)
+    _, _, _, _, _, meta = load_model(simple_run)
     ran = meta["config"]["description"]
     release.make_release(simple_run, fer_sample_path, name="relabelled", tta="none", out=tmp_path,
                          description="a relabelled run")
     card = (tmp_path / "relabelled" / "MODEL_CARD.md").read_text()
     assert f'Experiment `simple_cnn_v1`: a relabelled run (the run\'s own label: "{ran}")' in card
-    _, _, _, _, _, released_meta = evaluate.load_model(tmp_path / "relabelled")
+    _, _, _, _, _, released_meta = load_model(tmp_path / "relabelled")
     assert released_meta["config"]["description"] == "a relabelled run"
     assert released_meta["config"]["run_description"] == ran
 
@@ -106,7 +109,7 @@ def test_a_new_label_replaces_the_runs_own_and_names_it(simple_run, fer_sample_p
 def test_release_paths_find_the_shipped_models_outside_a_checkout(tmp_path, monkeypatch):
     from fer_jax.engine.checkpoint import resolve_checkpoint
     monkeypatch.chdir(tmp_path)  # no release/ folder here
-    assert resolve_checkpoint("release/final") == release.released_checkpoint("final")
+    assert resolve_checkpoint("release/final") == released_checkpoint("final")
     with pytest.raises(UserError, match="release/nothing: checkpoint folder not found"):
         resolve_checkpoint("release/nothing")
     with pytest.raises(UserError, match="elsewhere: checkpoint folder not found"):

@@ -13,7 +13,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fer_jax import visualize
+from fer_jax import model_figures as visualize
+from fer_jax.cli import visualize as visualize_cli
 from fer_jax.errors import UserError
 from fer_jax.gradcam import find_feature_layer, gradcam, jitted_gradcam
 from fer_jax.models import get_model
@@ -169,7 +170,7 @@ def _assert_png(path: pathlib.Path):
 
 def test_command_on_cbam_writes_every_figure_from_the_training_data(cbam_run, tmp_path, capsys):
     out = tmp_path / "figures"
-    assert visualize.main(["--checkpoint", str(cbam_run), "--out", str(out), "--mean-count", "8"]) == 0
+    assert visualize_cli.main(["--checkpoint", str(cbam_run), "--out", str(out), "--mean-count", "8"]) == 0
     printed = capsys.readouterr().out
     for name in ALL_FIGURES:
         _assert_png(out / name)
@@ -180,7 +181,7 @@ def test_command_on_cbam_writes_every_figure_from_the_training_data(cbam_run, tm
 
 def test_command_reads_the_layer_it_is_given(cbam_run, tmp_path, capsys):
     out = tmp_path / "figures"
-    assert visualize.main(["--checkpoint", str(cbam_run), "--out", str(out), "--mean-count", "4",
+    assert visualize_cli.main(["--checkpoint", str(cbam_run), "--out", str(out), "--mean-count", "4",
                            "--layer", "cbam_1"]) == 0
     assert "Grad-CAM layer: cbam_1" in capsys.readouterr().out
     _assert_png(out / "gradcam_mean.png")
@@ -190,7 +191,7 @@ def test_command_on_a_model_without_attention_says_so(simple_run, fer_sample_pat
     out = tmp_path / "figures"
     out.mkdir()
     (out / "attention.png").write_bytes(b"stale")  # from an earlier model: must not be left behind
-    assert visualize.main(["--checkpoint", str(simple_run), "--data", str(fer_sample_path),
+    assert visualize_cli.main(["--checkpoint", str(simple_run), "--data", str(fer_sample_path),
                            "--out", str(out), "--mean-count", "8"]) == 0
     printed = capsys.readouterr().out
     for name in ALL_FIGURES:
@@ -204,7 +205,7 @@ def test_command_on_a_model_without_attention_says_so(simple_run, fer_sample_pat
 def test_a_wrong_layer_name_is_refused_before_anything_is_written(cbam_run, tmp_path):
     out = tmp_path / "figures"
     with pytest.raises(UserError, match="--layer nope: .* its blocks are .*cbam_2"):
-        visualize.main(["--checkpoint", str(cbam_run), "--out", str(out), "--layer", "nope"])
+        visualize_cli.main(["--checkpoint", str(cbam_run), "--out", str(out), "--layer", "nope"])
     assert not out.exists()
 
 

@@ -20,10 +20,14 @@ import sys
 import time
 from typing import Iterable, Iterator
 
-from fer_jax.cli_common import quiet_tensorflow
+from tqdm import tqdm
+
 from fer_jax.errors import DataError, UserError, run_cli
+from fer_jax.faces.annotate import annotate, annotated_name, save_picture
 from fer_jax.faces.detect import MIN_CONFIDENCE, FaceDetector
 from fer_jax.faces.io import VIDEO, Expansion, Frame, InputFile, expand_paths, iter_frames
+from fer_jax.inference.expressions import ExpressionPredictor
+from fer_jax.runtime import quiet_tensorflow
 
 # Pictures decoded and searched before their faces are classified in one batched pass;
 # bounds the memory held (16 4K video frames are 400 MB).
@@ -83,7 +87,6 @@ class OutputNames:
         return candidate
 
     def for_frame(self, frame: Frame) -> pathlib.Path:
-        from fer_jax.faces.annotate import annotated_name
         source = frame.source
         if source.kind != VIDEO:
             return self._unique(self.out / annotated_name(source.relative))
@@ -164,8 +167,6 @@ def main(argv=None) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     expansion: Expansion = expand_paths(args.paths)
 
     def say(message: str) -> None:
@@ -181,7 +182,6 @@ def _predict(args: argparse.Namespace) -> int:
         say("nothing to predict on")
         return 1
 
-    from fer_jax.predictor import ExpressionPredictor
     predictor = ExpressionPredictor(args.checkpoint, batch_size=args.batch_size, tta=args.tta,
                                     detector=FaceDetector(args.min_confidence))
     say(f"model: {predictor.model_name} from {predictor.checkpoint}")
@@ -236,7 +236,6 @@ def _report_frame(frame: Frame, faces: list, as_json: bool, names: OutputNames |
             x, y, w, h = face.box
             print(f"{where}: {face.label} {face.score:.2f} at x={x} y={y} w={w} h={h}")
     if names is not None:
-        from fer_jax.faces.annotate import annotate, save_picture
         path = names.for_frame(frame)
         try:
             save_picture(annotate(frame.pixels, faces), path)

@@ -9,6 +9,7 @@ from fer_jax import config as config_lib
 from fer_jax.data.source import prepare_data
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError
+from fer_jax.inference.ensemble import check_weight_values, evaluate_ensemble, format_table
 
 # Overrides that configure the ensemble itself, not its members.
 _ENSEMBLE_ONLY = ("ensemble.",)
@@ -38,7 +39,6 @@ def _weights(config) -> list[float] | None:
                         f"{len(config.ensemble.members)} members")
     if weights:
         # Checked before the members train (hours), not when they are averaged.
-        from fer_jax.ensemble import check_weight_values
         check_weight_values(weights)
     return weights or None
 
@@ -47,8 +47,6 @@ def train_ensemble(config, workdir: str | pathlib.Path, *, overrides: list[str],
                    data_path: str | None = None, progress: bool = True) -> dict:
     """Trains (or resumes) every member under WORKDIR/members/NAME, then evaluates the
     ensemble on the validation split; returns and writes WORKDIR/summary.json."""
-    from fer_jax.ensemble import evaluate_ensemble, format_table
-
     workdir = pathlib.Path(workdir)
     members = list(config.ensemble.members)
     weights = _weights(config)

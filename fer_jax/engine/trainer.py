@@ -22,11 +22,12 @@ from fer_jax.data.source import PreparedData, prepare_data
 from fer_jax.data.types import CLASS_NAMES
 from fer_jax.engine import optim
 from fer_jax.engine.checkpoint import RunCheckpoints
-from fer_jax.engine.inference import Predictor, build_model
 from fer_jax.engine.parallel import DATA_AXIS, StepRunner
 from fer_jax.engine.step import TrainState, check_eval_tta, init_state, make_step_fns
 from fer_jax.engine.wandb_logger import RunLogger
 from fer_jax.errors import UserError
+from fer_jax.inference.classifier import Classifier
+from fer_jax.inference.loading import build_model
 from fer_jax.transfer import finetune
 
 # Config keys that may change between a run and its resumption (they do not change
@@ -126,7 +127,7 @@ def _check_finite(metrics: dict, step: int, workdir: pathlib.Path) -> None:
 def _sample_predictions(config, state_vars, prepared: PreparedData, norm: dict, count: int) -> dict:
     model = build_model(config)
     images = prepared.splits.validation.images[:count]
-    probs = Predictor(model, state_vars, norm, batch_size=max(count, 1)).predict(images)
+    probs = Classifier(model, state_vars, norm, batch_size=max(count, 1)).probabilities(images)
     return {"images": images, "labels": prepared.splits.validation.labels[:count],
             "predictions": probs.argmax(-1), "confidence": probs.max(-1)}
 

@@ -1,6 +1,6 @@
 """Expressions on numpy images from a checkpoint: load the model once, then predict.
 
-    from fer_jax.predictor import ExpressionPredictor
+    from fer_jax.predictor import ExpressionPredictor              # the documented import
     predictor = ExpressionPredictor("runs/simple_cnn_v1")        # a run's workdir, or None: release/final
     faces = predictor.predict_image(rgb)                         # detect, level, crop, classify
     per_image = predictor.predict_images([rgb1, rgb2])           # all faces in one batched pass
@@ -18,6 +18,8 @@ import numpy as np
 from fer_jax.data.types import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from fer_jax.faces.align import align_face, whole_image_face
 from fer_jax.faces.detect import DetectedFace, FaceDetector
+from fer_jax.inference.loading import load_model
+from fer_jax.inference.tta import probabilities_with_tta
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -58,31 +60,24 @@ class ExpressionPredictor:
 
     def __init__(self, checkpoint: str | pathlib.Path | None = None, *, batch_size: int = 64,
                  tta: bool = False, detector: FaceDetector | None = None):
-        from fer_jax.engine.inference import Predictor
-        from fer_jax.evaluate import load_model
-
-        config, model, variables, normalization, step_dir, meta = load_model(checkpoint)
-        self.checkpoint: pathlib.Path = step_dir
-        self.model_name: str = config.model
-        self.normalization: dict = normalization
-        self.meta: dict = meta
+        loaded = load_model(checkpoint)
+        self.checkpoint: pathlib.Path = loaded.step_dir
+        self.model_name: str = loaded.config.model
+        self.normalization: dict = loaded.normalization
+        self.meta: dict = loaded.meta
         self.tta = tta
         self.detector = detector or FaceDetector()
-        self._classifier = Predictor(model, variables, normalization, batch_size=batch_size)
+        self._classifier = loaded.classifier(batch_size)
 
     def classify(self, faces: np.ndarray) -> np.ndarray:
         """float32 (N, 7) probabilities for uint8 (N, 48, 48) FER-framed grayscale faces."""
         faces = np.asarray(faces)
         if faces.ndim != 3 or faces.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or faces.dtype != np.uint8:
             raise ValueError(f"expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}) faces, got {faces.dtype} {faces.shape}")
-        count = len(faces)
-        if count == 0:
+        if len(faces) == 0:
             return np.zeros((0, NUM_CLASSES), np.float32)
-        if not self.tta:
-            return self._classifier.predict(faces)
         # Mirrored faces are as likely in FER2013 as the originals (training flips them too).
-        both = self._classifier.predict(np.concatenate([faces, faces[:, :, ::-1]]))
-        return (both[:count] + both[count:]) / 2
+        return probabilities_with_tta(self._classifier, faces, "flip" if self.tta else "none")
 
     def predict_faces(self, faces: Sequence[np.ndarray]) -> list[FacePrediction]:
         """Images that already are face crops (a list, or an array whose first axis runs

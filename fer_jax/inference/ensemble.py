@@ -1,0 +1,118 @@
+"""Ensembles: the (weighted) mean of several checkpoints' class probabilities, each
+member with its own model and normalization, and the scores of members and ensemble."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import pathlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+from fer_jax.errors import UserError
+from fer_jax.inference.loading import load_model
+from fer_jax.inference.scoring import score
+from fer_jax.inference.tta import check_tta, probabilities_with_tta
+
+MAX_SEARCH_MEMBERS = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One restored checkpoint: `info` describes it, `probabilities(images, tta)` runs it."""
+
+    info: dict
+    probabilities: Callable[[np.ndarray, str], np.ndarray]
+
+
+def load_member(checkpoint: str | pathlib.Path, batch_size: int = 256) -> Member:
+    """A checkpoint as an ensemble member (its model is loaded once)."""
+    loaded = load_model(checkpoint)
+    classifier = loaded.classifier(batch_size)
+    meta = loaded.meta
+    info = {"checkpoint": str(checkpoint), "step_dir": str(loaded.step_dir), "model": loaded.config.model,
+            "experiment": (meta.get("config") or {}).get("experiment", ""),
+            "synthetic": bool(meta.get("synthetic") or (meta.get("data") or {}).get("name") == "fer_synthetic")}
+    return Member(info, lambda images, tta: probabilities_with_tta(classifier, images, tta))
+
+
+def member_probabilities(checkpoint: str | pathlib.Path, images: np.ndarray, tta: str = "none",
+                         batch_size: int = 256) -> np.ndarray:
+    """(N, 7) probabilities of one checkpoint for uint8 (N, 48, 48) faces, normalized
+    as that checkpoint was trained."""
+    return load_member(checkpoint, batch_size).probabilities(images, tta)
+
+
+def ensemble_probabilities(probabilities: Sequence[np.ndarray], weights: Sequence[float] | None = None
+                           ) -> np.ndarray:
+    """The (weighted) mean of the members' (N, C) probabilities; weights need not sum to 1."""
+    if len(probabilities) == 0:
+        raise ValueError("an ensemble needs at least one member")
+    stacked = np.stack([np.asarray(p, np.float64) for p in probabilities])  # raises on ragged shapes
+    if stacked.ndim != 3:
+        raise ValueError(f"expected (N, C) probabilities per member, got {stacked.shape[1:]}")
+    if weights is None:
+        weights = np.ones(len(probabilities))
+    weights = np.asarray(weights, np.float64)
+    if weights.shape != (len(probabilities),) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"expected {len(probabilities)} non-negative weights with a positive sum, "
+                         f"got {weights.tolist()}")
+    return (np.tensordot(weights / weights.sum(), stacked, axes=1)).astype(np.float32)
+
+
+def check_weight_values(weights: Sequence[float]) -> None:
+    """Averaging weights must be non-negative with a positive sum."""
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError("weights must be non-negative with a positive sum")
+
+
+def evaluate_ensemble(checkpoints: Sequence[str | pathlib.Path], images: np.ndarray, labels: np.ndarray,
+                      tta: str = "none", weights: Sequence[float] | None = None,
+                      batch_size: int = 256) -> dict:
+    """Every member's and the ensemble's metrics on labelled faces:
+    {"members": [{checkpoint, step_dir, model, experiment, synthetic, **metrics}], "ensemble": metrics}."""
+    check_tta(tta)  # an unknown mode fails before any model is loaded
+    if weights is not None and len(weights) != len(checkpoints):
+        raise UserError(f"{len(weights)} weights for {len(checkpoints)} checkpoints")
+    if weights is not None:
+        check_weight_values(weights)
+    members, all_probs = [], []
+    for checkpoint in checkpoints:
+        member = load_member(checkpoint, batch_size)
+        probs = member.probabilities(images, tta)
+        all_probs.append(probs)
+        members.append({**member.info, **score(labels, probs)})
+    ensemble = score(labels, ensemble_probabilities(all_probs, weights))
+    return {"members": members, "ensemble": ensemble, "tta": tta,
+            "weights": list(weights) if weights is not None else None, "probabilities": all_probs}
+
+
+def subset_search(probabilities: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str]) -> list[dict]:
+    """Every subset of two or more members, probabilities averaged with equal weights,
+    best accuracy first: [{"members": [...], "accuracy", "macro_f1"}]."""
+    if len(names) > MAX_SEARCH_MEMBERS:
+        raise UserError(f"--search over {len(names)} checkpoints would score {2 ** len(names)} subsets; "
+                        f"give at most {MAX_SEARCH_MEMBERS}")
+    rows = []
+    for size in range(2, len(names) + 1):
+        for combo in itertools.combinations(range(len(names)), size):
+            s = score(labels, ensemble_probabilities([probabilities[i] for i in combo]))
+            rows.append({"members": [names[i] for i in combo], "accuracy": s["accuracy"],
+                         "macro_f1": s["macro_f1"]})
+    rows.sort(key=lambda r: (-r["accuracy"], len(r["members"])))
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """Members, then the ensemble: accuracy and macro-F1 per row."""
+    names = [f"{m['checkpoint']} ({m['model']})" for m in result["members"]]
+    weights = result.get("weights")
+    ensemble_name = f"ensemble of {len(names)} (tta={result['tta']}" + (
+        f", weights {' '.join(f'{w:g}' for w in weights)})" if weights else ")")
+    width = max(len(n) for n in names + [ensemble_name, "member"]) + 2
+    lines = [f"{'member':<{width}}{'accuracy':>10}{'macro_f1':>10}"]
+    for name, member in zip(names, result["members"]):
+        lines.append(f"{name:<{width}}{member['accuracy']:>10.4f}{member['macro_f1']:>10.4f}")
+    e = result["ensemble"]
+    lines.append(f"{ensemble_name:<{width}}{e['accuracy']:>10.4f}{e['macro_f1']:>10.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""A config's network, and a model restored from a checkpoint with what it needs to run."""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import ml_collections
+
+from fer_jax.checkout_packages import released_checkpoint
+from fer_jax.config import base_config
+from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
+from fer_jax.errors import UserError
+from fer_jax.inference.classifier import Classifier
+from fer_jax.kernels import resolve_kernels
+from fer_jax.models import get_model
+from fer_jax.transfer.finetune import transfer_model_kwargs
+
+
+def build_model(config, *, bn_axis_name: str | None = None):
+    """The config's model; the compute dtype and widths come from the config."""
+    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+    kwargs = {**transfer_model_kwargs(config), **dict(config.model_kwargs)}
+    kwargs.setdefault("kernels", resolve_kernels(config.get("kernels", "auto")))
+    return get_model(config.model, dtype=dtype, bn_axis_name=bn_axis_name, **kwargs)
+
+
+class LoadedModel(NamedTuple):
+    """A restored checkpoint: unpacks as (config, model, variables, normalization, step_dir, meta)."""
+
+    config: ml_collections.ConfigDict
+    model: Any
+    variables: Any
+    normalization: dict
+    step_dir: pathlib.Path
+    meta: dict
+
+    def classifier(self, batch_size: int = 256) -> Classifier:
+        return Classifier(self.model, self.variables, self.normalization, batch_size=batch_size)
+
+
+def load_model(checkpoint: str | pathlib.Path | None) -> LoadedModel:
+    """The model of a checkpoint alone: a run's workdir (its best checkpoint), a step
+    folder, a released model's folder, or None for the default released model."""
+    step_dir = resolve_checkpoint(checkpoint or released_checkpoint())
+    meta = read_meta(step_dir)
+    if "config" not in meta or "normalization" not in meta:
+        raise UserError(f"{step_dir}: the checkpoint's metadata lacks its config or normalization")
+    config = base_config()
+    saved = ml_collections.ConfigDict(meta["config"])
+    config.model = saved.model
+    config.compute_dtype = saved.get("compute_dtype", "float32")
+    config.model_kwargs = ml_collections.ConfigDict(dict(saved.get("model_kwargs", {})))
+    model = build_model(config)
+    variables = restore_variables(step_dir)
+    return LoadedModel(config, model, variables, meta["normalization"], step_dir, meta)
