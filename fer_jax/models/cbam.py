@@ -37,12 +37,14 @@ class SpatialAttention(nn.Module):
 
     kernel: int = 7
     dtype: Any = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         pooled = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True),
                                   jnp.max(x, axis=-1, keepdims=True)], axis=-1)
-        logits = conv(1, self.kernel, self.dtype, use_bias=True, name="conv")(pooled)
+        logits = conv(1, self.kernel, self.dtype, use_bias=True, name="conv",
+                      kernels=self.kernels)(pooled)
         attention = nn.sigmoid(logits)
         # (B, H, W, 1), retrievable with mutable=["intermediates"] for visualisation.
         self.sow("intermediates", "spatial_attention", attention)
@@ -54,11 +56,12 @@ class CBAM(nn.Module):
 
     reduction: int = 16
     dtype: Any = jnp.float32
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = ChannelAttention(self.reduction, dtype=self.dtype, name="channel")(x)
-        return SpatialAttention(dtype=self.dtype, name="spatial")(x)
+        return SpatialAttention(dtype=self.dtype, kernels=self.kernels, name="spatial")(x)
 
 
 class CBAMCNN(nn.Module):
@@ -77,14 +80,16 @@ class CBAMCNN(nn.Module):
     dense_width: int = 256
     dropout: float = 0.5
     reduction: int = 16
+    kernels: str = "xla"  # the convolutions' kernels (fer_jax.kernels)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.astype(self.dtype)
         for stage, width in enumerate(self.widths):
             for _ in range(2):
-                x = ConvBNReLU(width, dtype=self.dtype, bn_axis_name=self.bn_axis_name)(x, train)
-            x = CBAM(self.reduction, dtype=self.dtype, name=f"cbam_{stage}")(x)
+                x = ConvBNReLU(width, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                               kernels=self.kernels)(x, train)
+            x = CBAM(self.reduction, dtype=self.dtype, kernels=self.kernels, name=f"cbam_{stage}")(x)
             x = max_pool2(x)
         x = global_avg_pool(x)
         x = nn.Dense(self.dense_width, use_bias=False, dtype=self.dtype)(x)

@@ -28,13 +28,15 @@ class DeepCNN(nn.Module):
     dropout: float = 0.5
     spatial_dropout: float = 0.0
     spatial_dropout_blocks: int = 2
+    kernels: str = "xla"  # the convolutions' kernels (fer_jax.kernels)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.astype(self.dtype)
         for block, width in enumerate(self.widths):
             for _ in range(2):
-                x = ConvBNReLU(width, dtype=self.dtype, bn_axis_name=self.bn_axis_name)(x, train)
+                x = ConvBNReLU(width, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                               kernels=self.kernels)(x, train)
             x = max_pool2(x)
             if self.spatial_dropout > 0 and block < self.spatial_dropout_blocks:
                 x = spatial_dropout(self.spatial_dropout)(x, deterministic=not train)

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fer_jax.kernels import conv_general_dilated_for
+
 # He/Kaiming normal with fan_out, as the seed study's PyTorch models initialised convs
 # (jax's "normal" is untruncated, like torch.nn.init.kaiming_normal_).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -24,8 +26,9 @@ def batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str | None 
 
 
 def conv(features: int, kernel: int, dtype: Any, use_bias: bool, strides: int = 1,
-         name: str | None = None) -> nn.Conv:
-    """Square convolution with the study's kernel initializer, 'same' padded.
+         name: str | None = None, kernels: str = "xla") -> nn.Conv:
+    """Square convolution with the study's kernel initializer, 'same' padded, computed by
+    KERNELS ("xla", or "onednn": fer_jax.kernels' oneDNN convolutions on the CPU).
 
     Strided convs pad kernel // 2 on every side, as PyTorch does: XLA's "SAME" would pad
     only the bottom/right, shifting the sampled grid a pixel off the one a strided 1x1
@@ -33,7 +36,8 @@ def conv(features: int, kernel: int, dtype: Any, use_bias: bool, strides: int = 
     """
     padding = "SAME" if strides == 1 else [(kernel // 2, kernel // 2)] * 2
     return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
-                   use_bias=use_bias, kernel_init=conv_kernel_init, dtype=dtype, name=name)
+                   use_bias=use_bias, kernel_init=conv_kernel_init, dtype=dtype, name=name,
+                   conv_general_dilated=conv_general_dilated_for(kernels))
 
 
 class ConvBNReLU(nn.Module):
@@ -44,10 +48,12 @@ class ConvBNReLU(nn.Module):
     strides: int = 1
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = conv(self.features, self.kernel, self.dtype, use_bias=False, strides=self.strides)(x)
+        x = conv(self.features, self.kernel, self.dtype, use_bias=False, strides=self.strides,
+                 kernels=self.kernels)(x)
         x = batch_norm(train, self.bn_axis_name, self.dtype)(x)
         return nn.relu(x)
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fer_jax.errors import UserError
+from fer_jax.kernels import KERNELS
 from fer_jax.models.cbam import CBAMCNN
 from fer_jax.models.deep_cnn import DeepCNN
 from fer_jax.models.resnet import RESNET18_STAGES, RESNET34_STAGES, STEMS, ResNet
@@ -130,6 +131,13 @@ def _axis_name(value: Any) -> str | None:
     return value
 
 
+def _kernels(value: Any) -> str:
+    if value not in KERNELS:
+        raise ValueError(f"expected one of {', '.join(KERNELS)} (resolve 'auto' with "
+                         "fer_jax.kernels.resolve_kernels first)")
+    return value
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("expected true or false")
@@ -152,4 +160,5 @@ _CHECKS: Mapping[str, Callable[[Any], Any]] = {
     "head": _head,
     "classifier_width": _positive_int,
     "input_size": _non_negative_int,
+    "kernels": _kernels,
 }

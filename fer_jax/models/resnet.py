@@ -22,17 +22,20 @@ class BasicBlock(nn.Module):
     strides: int = 1
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = ConvBNReLU(self.features, strides=self.strides, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name, name="conv_bn_relu")(x, train)
-        y = conv(self.features, 3, self.dtype, use_bias=False, name="conv2")(y)
+                       bn_axis_name=self.bn_axis_name, kernels=self.kernels,
+                       name="conv_bn_relu")(x, train)
+        y = conv(self.features, 3, self.dtype, use_bias=False, name="conv2",
+                 kernels=self.kernels)(y)
         y = batch_norm(train, self.bn_axis_name, self.dtype, name="bn2")(y)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
             shortcut = conv(self.features, 1, self.dtype, use_bias=False, strides=self.strides,
-                            name="proj_conv")(x)
+                            name="proj_conv", kernels=self.kernels)(x)
             shortcut = batch_norm(train, self.bn_axis_name, self.dtype, name="proj_bn")(shortcut)
         return nn.relu(y + shortcut)
 
@@ -55,20 +58,22 @@ class ResNet(nn.Module):
     stem: str = "cifar"
     num_input_channels: int = 1
     input_size: int = 0  # > 0: inputs are resized to this size first (e.g. 96 for ImageNet weights)
+    kernels: str = "xla"  # the convolutions' kernels (fer_jax.kernels)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = match_channels(resize_input(x, self.input_size), self.num_input_channels).astype(self.dtype)
         if self.stem == "cifar":
             x = ConvBNReLU(self.width, 3, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                           name="stem")(x, train)
+                           kernels=self.kernels, name="stem")(x, train)
         elif self.stem == "pool":
             x = ConvBNReLU(self.width, 3, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                           name="stem")(x, train)
+                           kernels=self.kernels, name="stem")(x, train)
             x = max_pool2(x)
         elif self.stem == "imagenet":
             x = ConvBNReLU(self.width, 7, strides=2, dtype=self.dtype,
-                           bn_axis_name=self.bn_axis_name, name="stem")(x, train)
+                           bn_axis_name=self.bn_axis_name, kernels=self.kernels,
+                           name="stem")(x, train)
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
@@ -76,6 +81,6 @@ class ResNet(nn.Module):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(self.width * 2 ** stage, strides, dtype=self.dtype,
-                               bn_axis_name=self.bn_axis_name,
+                               bn_axis_name=self.bn_axis_name, kernels=self.kernels,
                                name=f"stage{stage + 1}_block{block + 1}")(x, train)
         return logits_head(self.num_classes, self.dtype, global_avg_pool(x))

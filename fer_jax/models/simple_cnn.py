@@ -26,12 +26,14 @@ class SimpleCNN(nn.Module):
     kernel_size: int = 5
     dense_width: int = 128
     dropout: float = 0.3
+    kernels: str = "xla"  # the convolutions' kernels (fer_jax.kernels)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.astype(self.dtype)
         for width in self.widths:
-            x = conv(width, self.kernel_size, self.dtype, use_bias=not self.batch_norm)(x)
+            x = conv(width, self.kernel_size, self.dtype, use_bias=not self.batch_norm,
+                     kernels=self.kernels)(x)
             if self.batch_norm:
                 x = batch_norm(train, self.bn_axis_name, self.dtype)(x)
             x = max_pool2(nn.relu(x))

@@ -26,13 +26,15 @@ class VGGFer(nn.Module):
     dense_width: int = 1024
     dropout: float = 0.5
     stage_dropout: float = 0.2
+    kernels: str = "xla"  # the convolutions' kernels (fer_jax.kernels)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.astype(self.dtype)
         for width in self.widths:
             for _ in range(2):
-                x = ConvBNReLU(width, dtype=self.dtype, bn_axis_name=self.bn_axis_name)(x, train)
+                x = ConvBNReLU(width, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                               kernels=self.kernels)(x, train)
             x = max_pool2(x)
             x = nn.Dropout(self.stage_dropout, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.models.layers import (batch_norm, conv_kernel_init, global_avg_pool, logits_head,
+from fer_jax.models.layers import (batch_norm, conv, global_avg_pool, logits_head,
                                    match_channels, max_pool2, resize_input)
 
 VGG16_STAGES = (2, 2, 3, 3, 3)
@@ -48,11 +48,11 @@ class ConvBiasBNReLU(nn.Module):
     features: int
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=True,
-                    kernel_init=conv_kernel_init, dtype=self.dtype, name="conv")(x)
+        x = conv(self.features, 3, self.dtype, use_bias=True, name="conv", kernels=self.kernels)(x)
         x = batch_norm(train, self.bn_axis_name, self.dtype, name="bn")(x)
         return nn.relu(x)
 
@@ -75,6 +75,7 @@ class VGGImageNet(nn.Module):
     dropout: float = 0.5
     num_input_channels: int = 3
     input_size: int = 0
+    kernels: str = "xla"  # the convolutions' kernels (fer_jax.kernels)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -85,7 +86,7 @@ class VGGImageNet(nn.Module):
         x = match_channels(resize_input(x, self.input_size), self.num_input_channels).astype(self.dtype)
         for stage, (num_convs, width) in enumerate(zip(self.stage_sizes, self.widths), start=1):
             for i in range(1, num_convs + 1):
-                x = ConvBiasBNReLU(width, self.dtype, self.bn_axis_name,
+                x = ConvBiasBNReLU(width, self.dtype, self.bn_axis_name, self.kernels,
                                    name=f"block{stage}_conv{i}")(x, train)
             x = max_pool2(x)
         if self.head == "gap":
