@@ -5,7 +5,7 @@ experiment, trained in turn under WORKDIR/members/NAME (resuming any already
 trained): `cbam`, then `resnet`, then `final`, which starts from the `resnet` member
 trained here. `resnet` has weight 0: it is trained as `final`'s first stage and not
 averaged in, since adding it to final + cbam lowered PublicTest accuracy (68.6% against
-69.2%, ten-crop; BUILD_NOTES "The ensemble"). That choice, like the members', was made
+69.2%, ten-crop; docs/results/final_model.md). That choice, like the members', was made
 on PublicTest. Scored on PublicTest with ten-crop test-time augmentation. About 3.3
 hours on a 2-core CPU.
 """

@@ -1,18 +1,18 @@
 """fast_5min: the time-to-accuracy recipe for a 2-core CPU: 60% PublicTest in 5 minutes.
 
-Not a seed experiment: issue 6's "time to accuracy" recipe. The study's plain simple CNN
+Not a seed experiment: the 5-minute "time to accuracy" recipe. The study's plain simple CNN
 reshaped: three conv-pool blocks of 3x3 kernels (32, 64, 128 channels) instead of two
 of 5x5 (32, 64), with half the parameters (684k against 1.23M) and a deeper stack, which
 learns more per epoch at about the same speed (60.9% against 59.4% after 9 epochs;
-BUILD_NOTES). Ten epochs with a cosine learning rate that reaches zero as the epochs run
-out, light augmentation (mirror images and shifts of up to 2 pixels: ten epochs leave
+docs/results/time_to_accuracy.md). Ten epochs with a cosine learning rate that reaches
+zero as the epochs run out, light augmentation (mirror images and shifts of up to 2 pixels: ten epochs leave
 little room to overfit, so heavier augmentation would only slow learning), no plateau or
 early stopping, which need more epochs than 5 minutes hold, and no dropout: in ten epochs
 the network underfits. Each validation scores a face and its mirror image together
 (eval_tta, about a point more for a second of evaluation per epoch). The two cores run
 as four XLA devices: for the simple CNN that trained 1.17x faster than two devices on the
-2-core machine, and about 1.3x faster than one (BUILD_NOTES); on a machine with more
-cores set cpu_devices=0 (the default split). budget_minutes stops the run at 4.5 minutes
+2-core machine, and about 1.3x faster than one (docs/results/bench.md); on a machine
+with more cores set cpu_devices=0 (the default split). budget_minutes stops the run at 4.5 minutes
 of training, which on our machine falls at the end of the tenth epoch (about 1,200
 images/s).
 """
@@ -27,7 +27,7 @@ def get_config():
                      "cosine lr, flip TTA (target 60% in 5 min)")
     # Not simple_cnn_v2: on this CPU BatchNorm's reductions cost 15-30% of the images a
     # second, and in five minutes it ended 3-4 points lower, with or without the 3x3 stack
-    # (BUILD_NOTES, "Time to accuracy", T13 and T14).
+    # (docs/results/time_to_accuracy.md, "The network's shape").
     c.model = "simple_cnn_v1"
     c.model_kwargs.widths = (32, 64, 128)
     c.model_kwargs.kernel_size = 3

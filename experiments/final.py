@@ -13,12 +13,12 @@ seed's (flips, 10-degree rotations, 10% shifts) plus the 0.9-1.1 scaling of the
 `cbam` experiment, which stage 1 trained without. Evaluated with ten-crop test-time
 augmentation (`--tta flip_crops`): 68.3%. Selected on PublicTest only.
 
-The first version of this config ran the same stage 2 on the `cbam` experiment
-(325k parameters): 67.0% ten-crop (BUILD_NOTES "The final model").
+The same stage 2 on the `cbam` experiment (325k parameters) gains almost nothing
+(67.0% ten-crop against its 66.8%; docs/results/final_model.md), hence the ResNet.
 The strongest published single FER2013 models (VGG- and ResNet-style nets with heavy
 augmentation and schedules of hundreds of epochs) are GPU recipes: a ResNet epoch
-takes about 2 minutes on this machine, so the two stages above (about 90 minutes) are
-what a CPU session holds.
+takes about 2 minutes on a 2-core CPU, so the two stages above (about 90 minutes) are
+sized for a CPU.
 """
 from fer_jax.experiments._common import seed_augmentation
 from fer_jax.config import base_config
