@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Issue 6's accelerator check as one command: the bench of the four study models at the
+# The accelerator check as one command: the bench of the four study models at the
 # CPU's batch (64), at a batch that fills a GPU (512) and at 512 in bfloat16, with the
 # TFLOP/s and share of the chip's peak, JAX's device memory and, where TensorFlow is
 # installed, the input pipeline's images/s against the steps' and what TensorFlow holds
 # of the GPU (it must hold nothing). Results go to $OUT (or runs/accelerator_check).
 #
-# A machine without fer_jax's dependencies can take the missing pure-Python ones as
-# wheels in .whl/ (the lent GPU image of this workplace lacks ml-collections), e.g.
+# It runs from a checkout without an install (PYTHONPATH). A machine that has JAX but
+# lacks some of fer_jax's pure-Python dependencies (e.g. ml-collections) and cannot
+# reach a package index can take them as wheels in .whl/, e.g. downloaded elsewhere with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections==1.1.0
 # Settings: MODELS, EXPERIMENTS (the time-to-accuracy recipes' networks, "fast_5min
 # fast_15min"; found in the checkout without an install; empty: none), BATCHES ("64 512"; bfloat16 is
