@@ -1,21 +1,38 @@
 """Reads a PyTorch state dict (`torch.save(model.state_dict(), PATH)`) into numpy, without torch.
 
 Both of torch.save's formats are read: the zip archive (PyTorch >= 1.6, the default)
-and the older "legacy" stream of pickles that 2017-era torchvision weights use. The
-pickle is read by a restricted unpickler that builds only dicts, tuples and tensors
-(never arbitrary objects), so a weights file cannot run code, as with
-torch.load(weights_only=True).
+and the older "legacy" stream of pickles that 2017-era torchvision weights use.
+
+The file is untrusted input, and reading it keeps these promises:
+- The pickle is read by a restricted unpickler (the pure-Python one, whose memo is a
+  dict, so a forged memo index cannot make it allocate) that builds only dicts,
+  tuples and tensors, never arbitrary objects, so a file cannot run code, as with
+  torch.load(weights_only=True).
+- Every tensor view is checked against its storage before any array is built: the
+  lowest and the highest element it addresses (negative strides and offsets
+  included) must lie inside the storage, and a view may not hold more elements than
+  its storage (a broadcast of a few values to terabytes).
+- Sizes are checked before bytes are read: a storage's zip entry must declare exactly
+  the bytes its tensors expect, uncompressed entries may not claim more bytes than the
+  file holds, compressed ones (torch.save never writes them) inflate to at most
+  MAX_INFLATED_BYTES in all, a legacy storage's byte count must fit in what is left of
+  the file, the pickle itself is at most MAX_PICKLE_BYTES, and the arrays built hold
+  at most twice the bytes of the storages they come from. Entries are read with
+  exactly the declared size as a cap.
+Anything else is refused with one DataError line; memory while refusing stays small.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
+import math
 import os
 import pickle
 import struct
 import zipfile
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -40,17 +57,37 @@ _ZIP_SIGNATURE = b"PK\x03\x04"
 # Leading keys of training checkpoints that wrap the state dict.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
+MAX_PICKLE_BYTES = 16 << 20  # a state dict's pickle is ~200 bytes a tensor
+MAX_INFLATED_BYTES = 1 << 30
+_MAX_DIMS = 32
+_READ_CHUNK = 16 << 20
+_OUTPUT_FACTOR = 2  # tied weights and slices of one storage, never more
 
-class _StorageType:
-    def __init__(self, name: str):
-        self.dtype = _STORAGE_DTYPES[name]
+
+class _Refused(Exception):
+    """The file is readable but holds something this reader will not build."""
 
 
-class _TensorRef:
-    """A tensor whose storage bytes are read after unpickling (the legacy format stores them after)."""
+# Named tuples, not dataclasses: a pickle's BUILD opcode can change an object's fields
+# through __setstate__ or __dict__, and a tuple has neither.
+class _StorageType(NamedTuple):
+    dtype: np.dtype
 
-    def __init__(self, storage: tuple, offset: int, size: tuple, stride: tuple):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+class _StorageRef(NamedTuple):
+    """What a tensor's storage reference resolves to: elements [start, start + numel) of `key`."""
+    key: str
+    dtype: np.dtype
+    start: int
+    numel: int
+
+
+class _TensorRef(NamedTuple):
+    """A tensor whose bytes are read once every view is known to be safe."""
+    storage: Any
+    offset: Any
+    size: Any
+    stride: Any
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> _TensorRef:
@@ -61,38 +98,72 @@ def _rebuild_parameter(data, *unused):
     return data
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
+def _fresh(function: Callable) -> Callable:
+    # A pickle's BUILD opcode can set attributes on what find_class returns, so each
+    # lookup gets its own object and nothing shared is ever changed.
+    return lambda *args: function(*args)
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("collections", "OrderedDict"): lambda: collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): lambda: _fresh(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): lambda: _fresh(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): lambda: _fresh(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): lambda: _fresh(_rebuild_parameter),
+    **{("torch", name): (lambda dtype=dtype: _StorageType(dtype)) for name, dtype in _STORAGE_DTYPES.items()},
 }
 
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, describe_storage: Callable[[tuple], tuple]):
+def _refuse_bytearray8(unpickler) -> None:
+    # The pure-Python unpickler allocates a BYTEARRAY8's declared length before reading it.
+    raise pickle.UnpicklingError("a bytearray opcode (pickle protocol 5), which torch.save never writes")
+
+
+class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: see the module docstring
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _refuse_bytearray8}
+
+    def __init__(self, file, describe_storage: Callable[[tuple], _StorageRef]):
         super().__init__(file)
         self._describe_storage = describe_storage
 
     def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"it holds a {module}.{name} object, not only tensors (a whole pickled model or "
-                "an optimizer?); save model.state_dict() instead") from None
+        factory = _ALLOWED_GLOBALS.get((module, name))
+        if factory is None:
+            raise _Refused(f"refused for safety: it holds a {_shorten(f'{module}.{name}')} object, not only tensors "
+                           "(a whole pickled model or an optimizer?), and only tensors, dicts and "
+                           "plain values are read; save model.state_dict() instead")
+        return factory()
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise pickle.UnpicklingError(f"unsupported storage reference {pid!r}")
+        if not (type(pid) is tuple and len(pid) >= 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and _is_count(pid[4])
+                and any(pid[1].dtype is dtype for dtype in _STORAGE_DTYPES.values())):
+            raise pickle.UnpicklingError(f"unsupported storage reference {_shorten(repr(pid))}")
         return self._describe_storage(pid)
 
 
+class _CappedReader:
+    """A file's read/readline that refuse to go past `limit` bytes (the legacy pickles)."""
+
+    def __init__(self, f, limit: int):
+        self._f, self._left = f, limit
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(self._left + 1 if size < 0 or size > self._left else size)
+        return self._count(data)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._count(self._f.readline(self._left + 1))
+
+    def _count(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left < 0:
+            raise _Refused(f"its pickle is larger than {MAX_PICKLE_BYTES >> 20} MiB: refused")
+        return data
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """name -> numpy array, from a torch.save file; a damaged or foreign file raises DataError."""
+    """name -> numpy array, from a torch.save file; a damaged, hostile or foreign file raises DataError."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(path, "weights file not found")
@@ -100,95 +171,176 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         head = f.read(4)
     try:
         if head == _ZIP_SIGNATURE:
-            tree = _read_zip(path)
-        elif head[:1] == b"\x80":
-            tree = _read_legacy(path)
-        else:
-            raise DataError(path, "not a PyTorch weights file (neither a torch.save zip archive "
-                                  "nor a legacy torch.save pickle)")
+            return _read_zip(path)
+        if head[:1] == b"\x80":
+            return _read_legacy(path)
+        raise DataError(path, "not a PyTorch weights file (neither a torch.save zip archive "
+                              "nor a legacy torch.save pickle)")
     except DataError:
         raise
+    except _Refused as err:
+        raise DataError(path, _one_line(str(err))) from None
+    except MemoryError:
+        raise DataError(path, "cannot read the PyTorch weights: they do not fit in memory") from None
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error, KeyError,
             ValueError, TypeError, AttributeError, IndexError, UnicodeDecodeError, OSError,
-            zlib.error) as err:
-        raise DataError(path, f"cannot read the PyTorch weights: the file is truncated or damaged "
-                              f"({type(err).__name__}: {err})") from None
-    return _state_dict_from(tree, path)
+            zlib.error, RecursionError, OverflowError, NotImplementedError) as err:
+        raise DataError(path, "cannot read the PyTorch weights: the file is truncated or damaged "
+                              f"({type(err).__name__}: {_one_line(str(err))})") from None
 
 
-def _read_zip(path: str) -> Any:
+# ------------------------------------------------------------------------------ zip format
+
+def _read_zip(path: str) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pickles) != 1:
             raise DataError(path, "not a torch.save archive (no single data.pkl inside)")
         prefix = pickles[0][: -len("data.pkl")]
-        byteorder = "little"
-        if f"{prefix}byteorder" in names:
-            byteorder = archive.read(f"{prefix}byteorder").decode().strip()
-        storages: dict[str, np.ndarray] = {}
+        byteorder = _zip_byteorder(archive, prefix, names)
+        inflated = _Budget(MAX_INFLATED_BYTES, "its compressed entries inflate to more than "
+                                               f"{MAX_INFLATED_BYTES >> 20} MiB: refused")
+        pickled = _read_entry(archive, archive.getinfo(pickles[0]), None, inflated, path,
+                              limit=MAX_PICKLE_BYTES)
+        storages: dict[str, _StorageRef] = {}
 
-        def describe(pid: tuple) -> tuple:
-            _, storage_type, key, _location, numel = pid[:5]
-            if key not in storages:
-                raw = archive.read(f"{prefix}data/{key}")
-                storages[key] = _storage_array(raw, storage_type.dtype, numel, byteorder, path)
-            return (key, storage_type.dtype)
+        def describe(pid: tuple) -> _StorageRef:
+            return _remember(storages, _StorageRef(pid[2], pid[1].dtype, 0, pid[4]))
 
-        tree = _Unpickler(io.BytesIO(archive.read(pickles[0])), describe).load()
-        return _resolve(tree, lambda key: storages[key], path)
+        state = _state_dict_from(_Unpickler(io.BytesIO(pickled), describe).load(), path)
+        del pickled
+        plan = _plan(state, storages, path)
+        stored = _Budget(os.path.getsize(path), "its storages claim more bytes than the file holds "
+                                                "(overlapping zip entries?): refused")
+        infos = {key: archive.getinfo(f"{prefix}data/{key}") for key in plan.storages}
+        for key, storage in plan.storages.items():
+            _check_entry(infos[key], storage, stored, inflated, path)
+        flats = {key: _as_array(_read_entry(archive, infos[key], storage.numel * storage.dtype.itemsize,
+                                            None, path), storage.dtype, byteorder)
+                 for key, storage in plan.storages.items()}
+        return _build(state, plan, flats)
 
 
-def _read_legacy(path: str) -> Any:
+def _zip_byteorder(archive: zipfile.ZipFile, prefix: str, names: list[str]) -> str:
+    if f"{prefix}byteorder" not in names:
+        return "little"
+    with archive.open(f"{prefix}byteorder") as entry:
+        value = entry.read(16).strip()
+    if value not in (b"little", b"big"):
+        raise ValueError(f"byteorder entry holds {_shorten(repr(value))}")
+    return value.decode()
+
+
+class _Budget:
+    """Bytes left to spend on one kind of read; spending past it refuses the file."""
+
+    def __init__(self, limit: int, message: str):
+        self.left, self.message = limit, message
+
+    def spend(self, amount: int) -> None:
+        self.left -= amount
+        if self.left < 0:
+            raise _Refused(self.message)
+
+
+def _check_entry(info: zipfile.ZipInfo, storage: _StorageRef, stored: _Budget, inflated: _Budget,
+                 path: str) -> None:
+    expected = storage.numel * storage.dtype.itemsize
+    if info.file_size != expected:
+        raise DataError(path, f"storage {_shorten(storage.key)} holds {info.file_size} bytes, its "
+                              f"tensors expect {expected}: the file is truncated or damaged")
+    if info.compress_type == zipfile.ZIP_STORED:
+        stored.spend(max(info.file_size, info.compress_size))
+    else:
+        stored.spend(info.compress_size)
+        inflated.spend(info.file_size)
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, expected: int | None,
+                inflated: _Budget | None, path: str, limit: int | None = None) -> bytearray:
+    """The entry's bytes, never reading more than its declared (and checked) size."""
+    size = info.file_size
+    if limit is not None and size > limit:
+        raise _Refused(f"its pickle {info.filename} is larger than {limit >> 20} MiB: refused")
+    if inflated is not None and info.compress_type != zipfile.ZIP_STORED:
+        inflated.spend(size)
+    if expected is not None and size != expected:
+        raise ValueError(f"entry {info.filename} holds {size} bytes, {expected} expected")
+    if info.compress_type == zipfile.ZIP_STORED and size > os.path.getsize(path):
+        raise EOFError(f"entry {info.filename} claims {size} bytes, more than the file holds")
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    with archive.open(info) as entry:
+        filled = 0
+        while filled < size:
+            chunk = entry.read(min(_READ_CHUNK, size - filled))
+            if not chunk:
+                raise EOFError(f"entry {info.filename} ends after {filled} of {size} bytes")
+            view[filled: filled + len(chunk)] = chunk
+            filled += len(chunk)
+    return buffer
+
+
+# --------------------------------------------------------------------------- legacy format
+
+def _read_legacy(path: str) -> dict[str, np.ndarray]:
+    file_size = os.path.getsize(path)
     with open(path, "rb") as f:
-        magic = _load_plain(f)
-        if magic != _LEGACY_MAGIC:
+        if _load_plain(f) != _LEGACY_MAGIC:
             raise DataError(path, "not a PyTorch weights file (a pickle, but not one torch.save wrote)")
         protocol = _load_plain(f)
         if protocol != _LEGACY_PROTOCOL:
-            raise DataError(path, f"unsupported legacy torch.save protocol {protocol!r}")
+            raise DataError(path, f"unsupported legacy torch.save protocol {_shorten(repr(protocol))}")
         sys_info = _load_plain(f)
-        byteorder = "little" if sys_info.get("little_endian", True) else "big"
-        described: dict[str, tuple] = {}
-        views: dict[str, tuple[str, int, int]] = {}
+        byteorder = "little" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) \
+            else "big"
+        roots: dict[str, _StorageRef] = {}
 
-        def describe(pid: tuple) -> tuple:
-            _, storage_type, key, _location, numel = pid[:5]
+        def describe(pid: tuple) -> _StorageRef:
+            root = _remember(roots, _StorageRef(pid[2], pid[1].dtype, 0, pid[4]))
             view = pid[5] if len(pid) > 5 else None
-            described.setdefault(key, (storage_type.dtype, numel))
-            if view is not None:  # (view key, offset, size): a slice of the root storage
-                view_key, offset, size = view
-                views[view_key] = (key, offset, size)
-                return (view_key, storage_type.dtype)
-            return (key, storage_type.dtype)
+            if view is None:
+                return root
+            if not (isinstance(view, tuple) and len(view) == 3 and _is_count(view[1])
+                    and _is_count(view[2]) and view[1] + view[2] <= root.numel):
+                raise ValueError(f"storage view {_shorten(repr(view))} lies outside storage {root.key}")
+            return _StorageRef(root.key, root.dtype, view[1], view[2])
 
-        tree = _Unpickler(f, describe).load()
+        state = _state_dict_from(_Unpickler(_CappedReader(f, MAX_PICKLE_BYTES), describe).load(), path)
         keys = _load_plain(f)
-        storages: dict[str, np.ndarray] = {}
+        if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+            raise ValueError("the list of storage keys is not a list of strings")
+        plan = _plan(state, roots, path)
+        flats = {}
         for key in keys:
-            dtype, numel = described[key]
+            if key not in roots:
+                raise KeyError(f"storage {_shorten(key)} that no tensor uses")
+            root = roots[key]
             (count,) = struct.unpack("<q", _read_exactly(f, 8))
-            if count != numel:
-                raise DataError(path, f"storage {key} holds {count} elements, its tensors "
-                                      f"expect {numel}: the file is damaged")
-            storages[key] = _storage_array(_read_exactly(f, count * dtype.itemsize), dtype,
-                                           count, byteorder, path)
-
-        def lookup(key: str) -> np.ndarray:
-            if key in views:
-                root, offset, size = views[key]
-                return storages[root][offset: offset + size]
-            return storages[key]
-
-        return _resolve(tree, lookup, path)
+            if count != root.numel:
+                raise DataError(path, f"storage {_shorten(key)} holds {count} elements, its tensors "
+                                      f"expect {root.numel}: the file is damaged")
+            nbytes = count * root.dtype.itemsize
+            if nbytes > file_size - f.tell():
+                raise DataError(path, f"storage {_shorten(key)} declares {count} elements ({nbytes} "
+                                      "bytes), more than the file holds: the file is truncated or damaged")
+            if key in plan.storages:
+                flats[key] = _as_array(_read_exactly(f, nbytes), root.dtype, byteorder)
+            else:
+                f.seek(nbytes, io.SEEK_CUR)
+        missing = sorted(set(plan.storages) - set(flats))
+        if missing:
+            raise EOFError(f"storage {_shorten(missing[0])} is not in the file")
+        return _build(state, plan, flats)
 
 
 def _load_plain(f) -> Any:
-    """One pickle of plain values (numbers, strings, lists, dicts): no globals, no storages."""
-    return _Unpickler(f, _no_storage).load()
+    """One pickle of plain values (numbers, strings, lists, dicts): no storages."""
+    return _Unpickler(_CappedReader(f, MAX_PICKLE_BYTES), _no_storage).load()
 
 
-def _no_storage(pid: tuple) -> tuple:
+def _no_storage(pid: tuple) -> _StorageRef:
     raise pickle.UnpicklingError("unexpected storage reference")
 
 
@@ -199,35 +351,99 @@ def _read_exactly(f, size: int) -> bytes:
     return data
 
 
-def _storage_array(raw: bytes, dtype: np.dtype, numel: int, byteorder: str, path: str) -> np.ndarray:
-    if len(raw) != numel * dtype.itemsize:
-        raise DataError(path, f"a storage holds {len(raw)} bytes, {numel * dtype.itemsize} "
-                              "expected: the file is truncated or damaged")
+# ------------------------------------------------------------------ views, checked then built
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _remember(storages: dict[str, _StorageRef], storage: _StorageRef) -> _StorageRef:
+    known = storages.setdefault(storage.key, storage)
+    if known != storage:
+        raise ValueError(f"storage {_shorten(storage.key)} is described twice, differently")
+    return known
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    storages: dict[str, _StorageRef]  # the root storages the state dict's tensors use
+
+
+def _plan(state: dict[str, _TensorRef], roots: dict[str, _StorageRef], path: str) -> _Plan:
+    """Checks every view against its storage and the total size; nothing has been read yet."""
+    storages: dict[str, _StorageRef] = {}
+    views, built_bytes = set(), 0
+    for name, ref in state.items():
+        numel = _check_view(ref, name, path)
+        storage, root = ref.storage, roots[ref.storage.key]
+        if not (_is_count(storage.start) and storage.start + storage.numel <= root.numel):
+            raise ValueError(f"tensor {_shorten(name)} uses a storage view outside its storage")
+        storages[storage.key] = root
+        view = (storage.key, storage.start + ref.offset, ref.size, ref.stride, storage.dtype)
+        if view not in views:
+            views.add(view)
+            built_bytes += numel * storage.dtype.itemsize
+    storage_bytes = sum(s.numel * s.dtype.itemsize for s in storages.values())
+    if built_bytes > _OUTPUT_FACTOR * storage_bytes:
+        raise DataError(path, f"its tensors hold {built_bytes} bytes, more than {_OUTPUT_FACTOR} times "
+                              f"the {storage_bytes} bytes of their storages (overlapping views): refused")
+    return _Plan(storages)
+
+
+def _check_view(ref: _TensorRef, name: str, path: str) -> int:
+    """The view's element count, once its lowest and highest element are inside its storage."""
+    storage, size, stride, offset = ref.storage, ref.size, ref.stride, ref.offset
+    if not isinstance(storage, _StorageRef):
+        raise ValueError(f"tensor {_shorten(name)} has no storage")
+    if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)
+            and len(size) <= _MAX_DIMS and all(_is_count(n) and n < 2 ** 62 for n in size)
+            and all(type(s) is int for s in stride) and _is_count(offset)):
+        raise ValueError(f"tensor {_shorten(name)} has a malformed size, stride or offset")
+    numel = math.prod(size)
+    if numel == 0:
+        return 0
+    low = offset + sum((n - 1) * s for n, s in zip(size, stride) if s < 0)
+    high = offset + sum((n - 1) * s for n, s in zip(size, stride) if s > 0)
+    if low < 0 or high >= storage.numel:
+        raise DataError(path, f"tensor {_shorten(name)} addresses elements {low} to {high} of a "
+                              f"storage of {storage.numel}: the file is damaged or hostile")
+    if numel > storage.numel:
+        raise DataError(path, f"tensor {_shorten(name)} holds {numel} elements, more than its "
+                              f"storage's {storage.numel} (a broadcast view): refused")
+    return numel
+
+
+def _as_array(raw: bytes | bytearray, dtype: np.dtype, byteorder: str) -> np.ndarray:
+    if dtype == np.bool_:
+        return np.frombuffer(raw, dtype=np.uint8) != 0
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<" if byteorder == "little" else ">"))
     return array.astype(dtype, copy=False)
 
 
-def _resolve(tree: Any, storage: Callable[[str], np.ndarray], path: str) -> Any:
-    """Replaces tensor references by numpy arrays (copies: the file's buffers are released)."""
-    if isinstance(tree, _TensorRef):
-        key, _dtype = tree.storage
-        flat = storage(key)
-        extent = tree.offset + sum((n - 1) * s for n, s in zip(tree.size, tree.stride)) + 1 \
-            if all(tree.size) else tree.offset
-        if tree.offset < 0 or extent > len(flat):
-            raise DataError(path, "a tensor reaches past the end of its storage: the file is damaged")
-        strides = tuple(s * flat.itemsize for s in tree.stride)
-        view = np.lib.stride_tricks.as_strided(flat[tree.offset:], shape=tree.size, strides=strides)
-        return np.array(view, copy=True)
-    if isinstance(tree, dict):
-        return {k: _resolve(v, storage, path) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_resolve(v, storage, path) for v in tree)
-    return tree
+def _build(state: dict[str, _TensorRef], plan: _Plan, flats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Copies each (checked) view out of its storage; identical views share one array."""
+    built: dict[tuple, np.ndarray] = {}
+    out = {}
+    for name, ref in state.items():
+        storage = ref.storage
+        view = (storage.key, storage.start + ref.offset, ref.size, ref.stride, storage.dtype)
+        if view not in built:
+            flat = flats[storage.key]
+            start = storage.start + ref.offset
+            if math.prod(ref.size) == 0:
+                built[view] = np.zeros(ref.size, dtype=flat.dtype)
+            else:
+                strides = tuple(s * flat.itemsize for s in ref.stride)
+                built[view] = np.array(np.lib.stride_tricks.as_strided(
+                    flat[start:], shape=ref.size, strides=strides, writeable=False), copy=True)
+        out[name] = built[view]
+    return out
 
 
-def _state_dict_from(tree: Any, path: str) -> dict[str, np.ndarray]:
-    """The name -> array mapping: unwraps {'state_dict': ...} checkpoints and DataParallel's 'module.'."""
+# ----------------------------------------------------------------------------- the state dict
+
+def _state_dict_from(tree: Any, path: str) -> dict[str, _TensorRef]:
+    """The name -> tensor mapping: unwraps {'state_dict': ...} checkpoints and DataParallel's 'module.'."""
     if isinstance(tree, dict) and not _is_state_dict(tree):
         for key in _WRAPPER_KEYS:
             if key in tree and isinstance(tree[key], dict) and _is_state_dict(tree[key]):
@@ -236,10 +452,20 @@ def _state_dict_from(tree: Any, path: str) -> dict[str, np.ndarray]:
     if not isinstance(tree, dict) or not _is_state_dict(tree):
         raise DataError(path, "does not hold a state dict (a mapping from names to tensors); "
                               "save model.state_dict()")
-    if tree and all(k.startswith("module.") for k in tree):
+    if all(k.startswith("module.") for k in tree):
         tree = {k[len("module."):]: v for k, v in tree.items()}
     return dict(tree)
 
 
 def _is_state_dict(tree: dict) -> bool:
-    return bool(tree) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in tree.items())
+    return bool(tree) and all(isinstance(k, str) and isinstance(v, _TensorRef) for k, v in tree.items())
+
+
+def _one_line(text: str) -> str:
+    return _shorten(" ".join(text.split()), 300)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """TEXT cut to LIMIT characters, with what cannot be printed (a file's bytes) escaped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
