@@ -255,8 +255,8 @@ def attention_figures(attention: list[tuple[str, np.ndarray]], data, probs, samp
 def write_model_figures(checkpoint, data_path, split: str, out, per_class: int, mean_count: int, seed: int,
         batch_size: int, layer_name: str | None = None) -> tuple[list[pathlib.Path], list[str]]:
     """Writes the figures; returns their paths and the lines to tell the user."""
-    loaded = load_model(checkpoint)
-    config, model, variables, norm, step_dir, meta = loaded
+    restored = load_model(checkpoint)
+    config, model, variables, norm, step_dir, meta = restored
     # Resolved before any data is read or figure written: a wrong --layer fails at once.
     layer = find_feature_layer(model, variables, layer_name)
     notes = [f"checkpoint: {step_dir}"]
@@ -271,7 +271,7 @@ def write_model_figures(checkpoint, data_path, split: str, out, per_class: int, 
     out = pathlib.Path(out) if out else pathlib.Path("reports") / "visualize" / name
     out.mkdir(parents=True, exist_ok=True)
 
-    probs = loaded.classifier(batch_size).probabilities(data.images)
+    probs = restored.classifier(batch_size).probabilities(data.images)
     predictions = probs.argmax(-1)
     confusion = confusion_matrix(data.labels, predictions)
     summary = summarize_confusion(confusion)

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from fer_jax import checkout_packages
 from fer_jax import model_release as release
 from fer_jax.checkout_packages import released_checkpoint
 from fer_jax.cli import evaluate
@@ -53,14 +54,14 @@ def test_model_card_reports_the_measured_scores(released, simple_run, fer_sample
 
 
 def test_commands_use_the_release_when_no_checkpoint_is_given(released, fer_sample_path, monkeypatch, capsys):
-    monkeypatch.setattr(release, "release_root", lambda: released[0].parent)
+    monkeypatch.setattr(checkout_packages, "release_root", lambda: released[0].parent)
     assert evaluate.main(["--data", str(fer_sample_path)]) == 0
     out = capsys.readouterr().out
     assert f"checkpoint: {released[0]}" in out
 
 
 def test_no_release_gives_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(release, "release_root", lambda: tmp_path)
+    monkeypatch.setattr(checkout_packages, "release_root", lambda: tmp_path)
     with pytest.raises(UserError, match="no released model at"):
         load_model(None)
 
