@@ -12,29 +12,24 @@ with ``skip_bad_rows=True``, are left out and listed in the returned report.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
 import hashlib
 import io
 import logging
 import os
 import pathlib
 import re
-import zlib
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from fer_jax.data.csv_stream import open_csv, records
 from fer_jax.data.types import (CLASS_NAMES, IMAGE_SIZE, NUM_PIXELS, PRIVATE_TEST, PUBLIC_TEST,
                                 TEST, TRAINING, UNLABELLED, USAGES, FerData)
 from fer_jax.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZIP_MAGIC = b"PK\x03\x04"
-UTF8_BOM = b"\xef\xbb\xbf"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLIT_FOLDERS = ("train", "test")
 
@@ -108,29 +103,25 @@ def natural_key(name: str) -> tuple:
 # --------------------------------------------------------------------------- CSV
 
 
-@dataclasses.dataclass(frozen=True)
-class _CsvRecords:
-    header: list[str]
-    header_line: int
-    lines: list[int]  # 1-based line on which each record starts
-    fields: list[list[bytes]]
-
-
 def _read_csv_file(path: pathlib.Path, skip_bad_rows: bool) -> tuple[FerData, list[BadRow]]:
-    raw = _read_bytes(path)
-    fingerprint = hashlib.sha256(raw).hexdigest()
-    text = _decompress(path, raw)
-    records = _split_records(path, text)
-    columns = _column_positions(path, records.header, records.header_line)
-    if not records.fields:
+    rows = records(open_csv(path))
+    first = next(rows, None)
+    if first is None:
+        raise DataError(path, "file is empty")
+    header_line, header = first
+    if isinstance(header, str):
+        raise DataError(path, header, line=header_line)
+    columns = _column_positions(path, [name.decode("utf-8", "replace") for name in header], header_line)
+    parsed = _parse_rows(rows, columns)
+    if not parsed.lines:
         raise DataError(path, "no data rows after the header")
-    labels, usage, images, problems = _parse_rows(records, columns)
-    bad_rows = [BadRow(str(path), records.lines[i], reason) for i, reason in sorted(problems.items())]
-    keep = np.ones(len(records.fields), dtype=bool)
+    problems = parsed.problems
+    bad_rows = [BadRow(str(path), parsed.lines[i], reason) for i, reason in sorted(problems.items())]
+    keep = np.ones(len(parsed.lines), dtype=bool)
     keep[list(problems)] = False
     _handle_bad_rows(path, bad_rows, skip_bad_rows, total=len(keep))
-    data = FerData(images=images[keep], labels=labels[keep], usage=usage[keep],
-                   source=str(path), fingerprint=fingerprint)
+    data = FerData(images=parsed.images[keep], labels=parsed.labels[keep], usage=parsed.usage[keep],
+                   source=str(path), fingerprint=file_fingerprint(path))
     return data, bad_rows
 
 
@@ -141,74 +132,6 @@ def _read_bytes(path: pathlib.Path) -> bytes:
         raise DataError(path, "no such file or folder") from None
     except OSError as err:
         raise DataError(path, f"cannot read: {err.strerror or err}") from None
-
-
-def _decompress(path: pathlib.Path, raw: bytes) -> bytes:
-    if raw.startswith(ZIP_MAGIC):
-        raise DataError(path, "is a zip archive: extract it and pass the CSV or folder inside")
-    if not raw.startswith(GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(path, f"corrupt gzip data: {err}") from None
-
-
-def _split_records(path: pathlib.Path, text: bytes) -> _CsvRecords:
-    """Splits CSV bytes into records, each with the line it starts on.
-
-    Kaggle's files quote nothing, so lines are split directly (fast); a line with
-    quotes is parsed by the csv module, and quoted newlines make the whole file go
-    through it so that line numbers stay right.
-    """
-    if text.startswith(UTF8_BOM):
-        text = text[len(UTF8_BOM):]
-    newline = b"\n" if b"\n" in text or b"\r" not in text else b"\r"
-    lines = text.split(newline)
-    header, header_line = None, 0
-    numbers: list[int] = []
-    fields: list[list[bytes]] = []
-    for number, line in enumerate(lines, start=1):
-        line = line.rstrip(b"\r")
-        if not line.strip():
-            continue  # blank lines hold no row
-        if b'"' in line:
-            if line.count(b'"') % 2:
-                return _split_records_with_csv(path, text)
-            row = [field.encode() for field in next(csv.reader([line.decode("utf-8", "replace")]))]
-        else:
-            row = line.split(b",")
-        if header is None:
-            header, header_line = [name.decode("utf-8", "replace") for name in row], number
-        else:
-            numbers.append(number)
-            fields.append(row)
-    if header is None:
-        raise DataError(path, "file is empty")
-    return _CsvRecords(header, header_line, numbers, fields)
-
-
-def _split_records_with_csv(path: pathlib.Path, text: bytes) -> _CsvRecords:
-    reader = csv.reader(io.StringIO(text.decode("utf-8", "replace"), newline=""))
-    header, header_line = None, 0
-    numbers: list[int] = []
-    fields: list[list[bytes]] = []
-    previous_end = 0
-    try:
-        for row in reader:
-            start, previous_end = previous_end + 1, reader.line_num
-            if not any(field.strip() for field in row):
-                continue
-            if header is None:
-                header, header_line = row, start
-            else:
-                numbers.append(start)
-                fields.append([field.encode() for field in row])
-    except csv.Error as err:
-        raise DataError(path, f"malformed CSV: {err}", line=previous_end + 1) from None
-    if header is None:
-        raise DataError(path, "file is empty")
-    return _CsvRecords(header, header_line, numbers, fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,35 +162,73 @@ def _column_positions(path: pathlib.Path, header: Sequence[str], line: int) -> _
     return _Columns(len(names), position["pixels"], position.get("emotion"), position.get("usage"))
 
 
-def _parse_rows(records: _CsvRecords, columns: _Columns):
-    """Labels, usage and images of every record, and {record index: problem} for the bad ones."""
-    n = len(records.fields)
+@dataclasses.dataclass(frozen=True)
+class _ParsedRows:
+    labels: np.ndarray
+    usage: np.ndarray
+    images: np.ndarray
+    lines: list[int]  # 1-based line on which each record starts
+    problems: dict[int, str]  # record index -> why it is bad
+
+
+_USAGE_DTYPE = f"<U{max(map(len, USAGES))}"
+
+
+def _parse_rows(rows: Iterator[tuple[int, list[bytes] | str]], columns: _Columns) -> _ParsedRows:
+    """Parses the records as they stream in, a chunk at a time, so only a chunk's text is held."""
+    lines: list[int] = []
     problems: dict[int, str] = {}
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    batch: list[list[bytes] | str] = []
+    for number, row in rows:
+        lines.append(number)
+        batch.append(row)
+        if len(batch) == _PIXEL_CHUNK_ROWS:
+            parts.append(_parse_batch(batch, columns, len(lines) - len(batch), problems))
+            batch = []
+    if batch or not parts:
+        parts.append(_parse_batch(batch, columns, len(lines) - len(batch), problems))
+    labels, usage, images = (np.concatenate(arrays) for arrays in zip(*parts))
+    return _ParsedRows(labels, usage, images, lines, problems)
+
+
+def _parse_batch(batch: Sequence[list[bytes] | str], columns: _Columns, first: int,
+                 problems: dict[int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, usage and images of records FIRST, FIRST + 1, ...; bad ones go into PROBLEMS."""
+    n = len(batch)
     pixel_fields: list[bytes] = []
     labels = np.full(n, UNLABELLED, dtype=np.int32)
-    usage = np.full(n, TRAINING if columns.emotion is not None else TEST, dtype=f"<U{max(map(len, USAGES))}")
-    for i, row in enumerate(records.fields):
-        if len(row) != columns.count:
-            problems[i] = f"expected {columns.count} fields, found {len(row)}"
-            pixel_fields.append(b"")
+    usage = np.full(n, TRAINING if columns.emotion is not None else TEST, dtype=_USAGE_DTYPE)
+    for i, row in enumerate(batch):
+        problem = _row_problem(row, columns)
+        pixel_fields.append(b"" if problem else row[columns.pixels])
+        if problem:
+            problems[first + i] = problem
             continue
-        pixel_fields.append(row[columns.pixels])
         if columns.emotion is not None:
             label = _LABEL_CODES.get(row[columns.emotion].strip())
             if label is None:
-                problems[i] = _label_problem(row[columns.emotion])
+                problems[first + i] = _label_problem(row[columns.emotion])
                 continue
             labels[i] = label
         if columns.usage is not None:
             split = _USAGE_CODES.get(row[columns.usage].strip().lower())
             if split is None:
-                problems[i] = _usage_problem(row[columns.usage])
+                problems[first + i] = _usage_problem(row[columns.usage])
                 continue
             usage[i] = split
     images, pixel_ok = parse_pixel_fields(pixel_fields)
     for i in np.flatnonzero(~pixel_ok):
-        problems.setdefault(int(i), describe_pixel_problem(pixel_fields[i]))
-    return labels, usage, images, problems
+        problems.setdefault(first + int(i), describe_pixel_problem(pixel_fields[i]))
+    return labels, usage, images
+
+
+def _row_problem(row: list[bytes] | str, columns: _Columns) -> str | None:
+    if isinstance(row, str):
+        return row
+    if len(row) != columns.count:
+        return f"expected {columns.count} fields, found {len(row)}"
+    return None
 
 
 def _label_problem(field: bytes) -> str:
