@@ -2,7 +2,7 @@
 
 pyproject's package-dir installs experiments/ as fer_jax.experiments and release/ as
 fer_jax.released. Run from a checkout that was never installed (PYTHONPATH=., as on a
-lent machine without the dependencies to install it), those names do not exist; the
+machine without the dependencies to install it), those names do not exist; the
 folders beside the package do, and are imported under the same names.
 
 The released models (release/NAME) are looked up here, once, for every command and

@@ -1,30 +1,28 @@
-"""python -m fer_jax.explore [--data PATH] [--out DIR] [--seed N]
-
-Explores a FER2013 source: rows per class and split, class imbalance, exact
+"""Exploration of a FER2013 source: rows per class and split, class imbalance, exact
 duplicate images (conflicting labels, Training images repeated in a test split),
 pixel statistics, and figures (class distribution, sample faces, mean faces,
-pixel histogram). Writes DIR/report.md (default reports/explore) with the figures
-beside it. Without data (no --data, $FER2013_PATH or TFDS manual copy) it explores
-the built-in synthetic set, and the report says so.
+pixel histogram), and the report.md that shows them (`python -m fer_jax.explore`).
+Without data (no path, $FER2013_PATH or TFDS manual copy) the built-in synthetic set
+is explored, and the report says so.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import pathlib
-import shlex
-import sys
-import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from fer_jax import explore_figures as figures
+from fer_jax.data.cache import load_fer_cached
+from fer_jax.data.source import locate_data
 from fer_jax.data.splits import duplicate_groups
+from fer_jax.data.synthetic import SYNTHETIC_NOTICE, make_synthetic
 from fer_jax.data.types import (CLASS_NAMES, NUM_CLASSES, PRIVATE_TEST, PUBLIC_TEST, TEST,
                                 TRAINING, UNLABELLED, USAGES, FerData)
-from fer_jax.errors import UserError, run_cli
+from fer_jax.errors import UserError
 
 DEFAULT_OUT = pathlib.Path("reports") / "explore"
 FIGURE_FILES = ("class_distribution.png", "sample_faces.png", "mean_faces.png", "pixel_histogram.png")
@@ -381,28 +379,21 @@ def render_report(result: Exploration, identity: DataIdentity, command: str, ref
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------ command
-
-
-def _status(message: str, started: float) -> None:
-    print(f"[{time.perf_counter() - started:5.1f}s] {message}", file=sys.stderr, flush=True)
+# ------------------------------------------------------------------------ data and figures
 
 
 def load_data(path: str | None) -> tuple[FerData, DataIdentity]:
-    """The data --data (or $FER2013_PATH, or the TFDS manual copy) names, else the synthetic set."""
-    from fer_jax.data.source import locate_data
-
+    """The data PATH (or $FER2013_PATH, or the TFDS manual copy) names, else the synthetic set."""
     source = locate_data(path)
     if source is None:
-        from fer_jax.data.synthetic import SYNTHETIC_NOTICE, make_synthetic
         data = make_synthetic()
         return data, DataIdentity(data.source, data.fingerprint, True, SYNTHETIC_NOTICE)
-    from fer_jax.data.cache import load_fer_cached
     data = load_fer_cached(source)
     return data, DataIdentity(os.path.abspath(source), data.fingerprint, False, "")
 
 
-def _prepare_out(out: pathlib.Path) -> None:
+def prepare_out(out: pathlib.Path) -> None:
+    """OUT exists and is writable; UserError otherwise."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -411,66 +402,21 @@ def _prepare_out(out: pathlib.Path) -> None:
         raise UserError(f"{out}: the output folder is not writable")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m fer_jax.explore", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--data", default=None,
-                        help="a FER2013 file or folder (default: $FER2013_PATH, the TFDS manual folder, "
-                             "else the built-in synthetic set)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample faces (default 0)")
-    parser.add_argument("--per-class", type=int, default=8, help="sample faces per class (default 8)")
-    args = parser.parse_args(argv)
-    if args.per_class < 1:
-        raise UserError(f"--per-class must be at least 1, got {args.per_class}")
-    if args.seed < 0:
-        raise UserError(f"--seed must be non-negative, got {args.seed}")
-
-    from fer_jax import explore_figures as figures
-
-    started = time.perf_counter()
-    out = pathlib.Path(args.out)
-    _prepare_out(out)
-    _status(f"reading {args.data or 'the default data'}", started)
-    data, identity = load_data(args.data)
-    if identity.synthetic:
-        print(f"note: {identity.notice}", file=sys.stderr)
-    _status(f"read {len(data):,} rows; counting classes, duplicates and pixels", started)
-    result = explore(data)
+def draw_figures(data: FerData, result: Exploration, out: pathlib.Path, *, seed: int, per_class: int,
+                 on_step: Callable[[str], None] = lambda what: None) -> None:
+    """OUT/FIGURE_FILES; on_step(what) is called before each figure is drawn."""
     rows, reference = reference_rows(data)
     images, labels = data.images[rows], data.labels[rows]
-
     steps = [
         ("class distribution", lambda path: figures.class_distribution_figure(result.counts, path)),
         ("sample faces", lambda path: figures.sample_faces_figure(
-            images, labels, sample_indices(labels, args.per_class, args.seed), path,
-            title=f"Sample faces per class ({reference}, seed {args.seed})")),
+            images, labels, sample_indices(labels, per_class, seed), path,
+            title=f"Sample faces per class ({reference}, seed {seed})")),
         ("mean faces", lambda path: figures.mean_faces_figure(
             class_mean_faces(images, labels), np.bincount(labels, minlength=NUM_CLASSES), path,
             title=f"Mean face per class ({reference})")),
         ("pixel histogram", lambda path: figures.pixel_histogram_figure(result.histograms, result.pixels, path)),
     ]
     for (what, draw), name in zip(steps, FIGURE_FILES):
-        _status(f"drawing {what}", started)
+        on_step(what)
         draw(out / name)
-
-    command = "python -m fer_jax.explore" + (" " + shlex.join(argv) if argv else "")
-    report = out / "report.md"
-    report.write_text(render_report(result, identity, command, reference, args.seed, args.per_class))
-    _status("done", started)
-
-    d = result.duplicates
-    if identity.synthetic:
-        print("SYNTHETIC DATA (no FER2013 file found)")
-    print(f"rows {len(data):,}; imbalance on {result.imbalance_split} {format_ratio(result.imbalance)}")
-    print(f"duplicates: {d.duplicate_rows:,} rows in {d.groups:,} groups, {d.conflicting_groups:,} with "
-          f"conflicting labels, {d.cross_split_groups:,} across Training and a test split")
-    overall = result.pixels["all"]
-    print(f"pixels: mean {overall.mean:.2f} std {overall.std:.2f} "
-          f"(0-1: {overall.mean_unit:.4f} / {overall.std_unit:.4f})")
-    print(f"wrote {report} and {len(FIGURE_FILES)} figures in {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])

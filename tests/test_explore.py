@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import generated_fer_arrays, write_kaggle_csv
-from fer_jax import explore
+from fer_jax import exploration as explore
+from fer_jax.cli import explore as explore_cli
 from fer_jax.data.readers import read_fer
 from fer_jax.data.synthetic import SYNTHETIC_NOTICE
 from fer_jax.data.types import (CLASS_NAMES, NUM_CLASSES, PRIVATE_TEST, PUBLIC_TEST, TRAINING,
@@ -235,7 +236,7 @@ def assert_valid_png(path: pathlib.Path):
 def test_command_writes_report_and_figures(fer_sample_path, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FER_JAX_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    assert explore.main(["--data", str(fer_sample_path), "--out", str(out)]) == 0
+    assert explore_cli.main(["--data", str(fer_sample_path), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert str(out / "report.md") in captured.out
     assert "drawing sample faces" in captured.err  # status messages go to stderr
@@ -258,7 +259,7 @@ def test_command_without_data_explores_the_synthetic_set_and_says_so(tmp_path, m
     monkeypatch.delenv("FER2013_PATH", raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds"))
     out = tmp_path / "synthetic_report"
-    assert explore.main(["--out", str(out)]) == 0
+    assert explore_cli.main(["--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert SYNTHETIC_NOTICE in report
     assert "(synthetic)" in report
@@ -273,7 +274,7 @@ def test_command_on_unlabelled_rows_still_reports(tmp_path, monkeypatch):
     source = tmp_path / "test.csv"
     source.write_text("pixels\n" + "\n".join(" ".join(map(str, row)) for row in images) + "\n")
     out = tmp_path / "out"
-    assert explore.main(["--data", str(source), "--out", str(out)]) == 0
+    assert explore_cli.main(["--data", str(source), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "No labelled rows" in report
     assert "| Test | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 4 | 4 |" in report

@@ -5,11 +5,10 @@ import argparse
 import sys
 
 from fer_jax.errors import run_cli
+from fer_jax.transfer import convert
 
 
-def parse_args(argv):
-    from fer_jax.transfer.convert import ARCHITECTURES
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fer_jax.convert",
         description="Convert a torchvision ImageNet state dict (torch.save file, e.g. "
@@ -17,16 +16,14 @@ def parse_args(argv):
                     "Orbax checkpoint. PyTorch is not needed. Train from it with "
                     "--set transfer.init_from=DIR (or give the .pth file there directly).")
     parser.add_argument("path", help="the .pth state dict")
-    parser.add_argument("--arch", required=True, choices=ARCHITECTURES,
+    parser.add_argument("--arch", required=True, choices=convert.ARCHITECTURES,
                         help="the architecture the weights are for")
     parser.add_argument("--out", required=True, help="new (or empty) folder to write")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from fer_jax.transfer import convert
-
+    args = build_parser().parse_args(argv)
     variables = convert.read_pretrained(args.path, args.arch)
     out_dir = convert.save_converted(variables, args.out, args.arch, args.path)
     count = convert.num_values(variables)
