@@ -1,0 +1,189 @@
+"""The import rule of the layers (docs/results/layout.md), read from the source with ast:
+no import circles, no library module importing a command, no command importing another
+command, the library never importing benchmarks/."""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Folders whose modules are imported under another name (pyproject's package-dir).
+MAPPED_FOLDERS = {"experiments": "fer_jax.experiments", "release": "fer_jax.released"}
+SCANNED = ("fer_jax", "benchmarks", *MAPPED_FOLDERS)
+
+
+def module_name(path: pathlib.Path, root: pathlib.Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[0] in MAPPED_FOLDERS:
+        parts[:1] = MAPPED_FOLDERS[parts[0]].split(".")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules(root: pathlib.Path = ROOT) -> dict[str, pathlib.Path]:
+    return {module_name(path, root): path for folder in SCANNED for path in sorted((root / folder).rglob("*.py"))}
+
+
+def imported_modules(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
+    """The project modules that NAME imports anywhere in its source (inside functions too:
+    an import deferred into a function still depends on the module; importlib.import_module
+    of a literal name too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            candidates = [[alias.name] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from a import b` imports the module a.b when there is one, else a name of a.
+            candidates = [[f"{base}.{alias.name}", base] for alias in node.names]
+        elif _is_import_module_call(node):
+            candidates = [[node.args[0].value]]
+        else:
+            continue
+        for options in candidates:
+            for option in options:
+                target = next((m for m in _prefixes(option) if m in known), None)
+                if target is not None:
+                    found.add(target)
+                    break
+    found.discard(name)
+    return found
+
+
+def _is_import_module_call(node: ast.AST) -> bool:
+    """importlib.import_module("a.literal.name"): an import all the same."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return False
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return called == "import_module" and isinstance(node.args[0].value, str)
+
+
+def _prefixes(dotted: str) -> list[str]:
+    parts = dotted.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def import_graph(root: pathlib.Path = ROOT) -> dict[str, set[str]]:
+    modules = project_modules(root)
+    return {name: imported_modules(name, path, set(modules)) for name, path in modules.items()}
+
+
+def is_command(name: str, path: pathlib.Path) -> bool:
+    """fer_jax.cli.*, the entry modules that run them, and any other module that is run as
+    a program (a top-level main() behind an `if __name__ == "__main__"` guard)."""
+    if name.startswith("fer_jax.cli.") or name == "fer_jax.cli":
+        return name != "fer_jax.cli"
+    tree = ast.parse(path.read_text(), str(path))
+    has_main = any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+    runs_as_program = any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body)
+    imports_main = any(isinstance(n, ast.ImportFrom) and any(a.name == "main" for a in n.names) for n in tree.body)
+    return runs_as_program and (has_main or imports_main)
+
+
+def entry_target(name: str) -> str | None:
+    """fer_jax.cli.NAME for the entry module fer_jax.NAME (`python -m fer_jax.NAME`)."""
+    parts = name.split(".")
+    return f"fer_jax.cli.{parts[1]}" if len(parts) == 2 and parts[0] == "fer_jax" else None
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(start: str) -> None:
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    return found
+
+
+def layout_problems(root: pathlib.Path = ROOT) -> list[str]:
+    modules = project_modules(root)
+    graph = import_graph(root)
+    commands = {name for name, path in modules.items() if is_command(name, path)}
+    problems = [f"import circle: {' <-> '.join(c)}" for c in cycles(graph)]
+    for name, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if not name.startswith("fer_jax"):
+                continue
+            if target.startswith("benchmarks"):
+                problems.append(f"the library imports benchmarks: {name} -> {target}")
+            elif target in commands and name not in commands:
+                problems.append(f"a library module imports a command: {name} -> {target}")
+            elif target in commands and target != entry_target(name):
+                problems.append(f"a command imports another command: {name} -> {target}")
+    return problems
+
+
+def test_the_layers_keep_the_import_rule():
+    assert layout_problems() == []
+
+
+def test_the_rule_catches_a_circle_a_command_import_and_a_benchmark_import(tmp_path):
+    for folder in SCANNED:
+        (tmp_path / folder).mkdir()
+    files = {
+        "fer_jax/__init__.py": "",
+        "fer_jax/cli/__init__.py": "",
+        "fer_jax/cli/evaluate.py": "from fer_jax.scoring import score\ndef main(argv=None): ...\n",
+        "fer_jax/cli/ensemble.py": "from fer_jax.cli import evaluate\n",
+        "fer_jax/evaluate.py": "from fer_jax.cli.evaluate import main\nif __name__ == '__main__':\n    main()\n",
+        "fer_jax/scoring.py": "def score():\n    from fer_jax import tta\n",
+        "fer_jax/tta.py": "from fer_jax.scoring import score\n",
+        "fer_jax/loading.py": "def load():\n    from fer_jax.evaluate import main\n",
+        "fer_jax/speed.py": "import importlib\nprobe = importlib.import_module('benchmarks.probe')\n",
+        "benchmarks/__init__.py": "",
+        "benchmarks/probe.py": "from fer_jax import scoring\n",
+    }
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    assert sorted(layout_problems(tmp_path)) == sorted([
+        "import circle: fer_jax.scoring <-> fer_jax.tta",
+        "a command imports another command: fer_jax.cli.ensemble -> fer_jax.cli.evaluate",
+        "a library module imports a command: fer_jax.loading -> fer_jax.evaluate",
+        "the library imports benchmarks: fer_jax.speed -> benchmarks.probe",
+    ])
+
+
+def test_from_imports_resolve_to_the_module_they_name():
+    graph = import_graph()
+    # `from fer_jax.inference import tta` depends on the module fer_jax.inference.tta.
+    assert "fer_jax.inference.tta" in graph["fer_jax.cli.ensemble"]
+    assert "fer_jax.errors" in graph["fer_jax.inference.tta"]
