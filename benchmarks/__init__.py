@@ -1,1 +1,1 @@
-"""PyTorch counterparts of the fer_jax models and their timing, for `python -m fer_jax.bench`."""
+"""Probes and scripts that time fer_jax (they import the library; the library never imports them)."""

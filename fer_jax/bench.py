@@ -1,4 +1,4 @@
-"""python -m fer_jax.bench [--models ...] [--experiments ...] [--batch-size 64] [--seconds S] [--torch/--no-torch] [--write-notes]
+"""python -m fer_jax.bench [--models ...] [--experiments ...] [--kernels auto onednn xla] [--batch-size 64] [--seconds S] [--torch/--no-torch] [--json PATH]
 
 Training speed per model: parameters, forward FLOPs per image (XLA's cost analysis),
 fer_jax's train and eval images/s with the project's own train and eval steps (the
@@ -6,67 +6,32 @@ StepRunner the trainer uses, on a synthetic normalized batch), the train step's 
 time, and the input pipeline's images/s. On an accelerator whose peak is known
 (fer_jax.device_peak, or --peak-tflops) it adds the TFLOP/s the steps reach and their
 share of that peak. With PyTorch installed (the `bench` extra),
-the PyTorch copies of the models (benchmarks/) are timed in the same run, the two
-frameworks taking turns round after round, and the ratios fer_jax / PyTorch printed.
+the PyTorch copies of the models (fer_jax.torch_reference) are timed in the same run, the
+two frameworks taking turns round after round, and the ratios fer_jax / PyTorch printed.
+--kernels times fer_jax with each convolution setting (fer_jax.kernels) in the same
+rounds; --json writes one record per model and setting for scripts.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import importlib
-import importlib.metadata
+import json
 import math
-import os
 import pathlib
-import platform
-import shlex
 import statistics
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 from fer_jax import device_peak
-from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices, usable_cores
 from fer_jax.errors import UserError, run_cli
+from fer_jax.kernels import KERNEL_SETTINGS
+from fer_jax.runtime import quiet_tensorflow, split_cpu_into_devices, usable_cores
+from fer_jax.timing import measure_images_per_s, no_block
 
-NOTES_START = "<!-- bench:start -->"
-NOTES_END = "<!-- bench:end -->"
-DEFAULT_NOTES = "BUILD_NOTES.md"
-# The clock is read (and the device synchronised) about this often while timing.
-_SYNC_INTERVAL_S = 0.1
-_MAX_STEPS_BETWEEN_SYNCS = 100
 # Steps run untimed before each measurement: caches refill after the other framework ran.
 _WARMUP_STEPS = 2
-
-
-# ------------------------------------------------------------------------------ timing
-
-def _no_block(_: Any) -> None:
-    return None
-
-
-def measure_images_per_s(step: Callable[[], Any], images_per_step: int, seconds: float, *,
-                         block: Callable[[Any], Any] = _no_block, warmup_steps: int = 1) -> float:
-    """Steady-state images/s of STEP after WARMUP_STEPS calls, over at least SECONDS.
-
-    Steps are dispatched in chunks and BLOCK waits on a chunk's outputs: an asynchronous
-    framework keeps its queue full as in a training loop, and the clock still only
-    counts finished work.
-    """
-    for _ in range(warmup_steps):
-        block(step())
-    start = time.perf_counter()
-    block(step())
-    one_step = time.perf_counter() - start
-    chunk = max(1, min(_MAX_STEPS_BETWEEN_SYNCS, int(_SYNC_INTERVAL_S / max(one_step, 1e-9))))
-    steps, elapsed = 0, 0.0
-    start = time.perf_counter()
-    while elapsed < seconds:
-        block([step() for _ in range(chunk)])
-        steps += chunk
-        elapsed = time.perf_counter() - start
-    return steps * images_per_step / elapsed
 
 
 # ---------------------------------------------------------------------------- fer_jax
@@ -81,6 +46,7 @@ class JaxSteps:
     flops_per_image: float
     first_train_step_s: float
     devices: str
+    kernels: str = "xla"  # the convolutions' kernels the steps use: onednn or xla
     runner: Any = None  # the StepRunner behind both steps
 
 
@@ -112,9 +78,9 @@ def bench_targets(models: Sequence[str], experiments: Sequence[str]) -> list[Ben
 
 
 def bench_config(model: str, batch_size: int, compute_dtype: str,
-                 model_kwargs: Mapping[str, Any] | None = None):
-    """The base config with MODEL (and MODEL_KWARGS), BATCH_SIZE and COMPUTE_DTYPE: a plain
-    run's settings."""
+                 model_kwargs: Mapping[str, Any] | None = None, kernels: str = "auto"):
+    """The base config with MODEL (and MODEL_KWARGS), BATCH_SIZE, COMPUTE_DTYPE and KERNELS:
+    a plain run's settings."""
     import ml_collections
 
     from fer_jax.config import base_config
@@ -125,6 +91,7 @@ def bench_config(model: str, batch_size: int, compute_dtype: str,
     config.batch_size = batch_size
     config.eval_batch_size = batch_size
     config.compute_dtype = compute_dtype
+    config.kernels = kernels
     return config
 
 
@@ -156,23 +123,31 @@ def forward_flops_per_image(model, variables, batch_size: int) -> float:
 
 
 def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "float32",
-                      model_kwargs: Mapping[str, Any] | None = None) -> JaxSteps:
-    """Builds the trainer's train step (optimizer, plateau scale, StepRunner) and eval step,
-    and runs each once: the first train call's time includes its compilation."""
+                      model_kwargs: Mapping[str, Any] | None = None,
+                      kernels: str = "auto") -> JaxSteps:
+    """Builds the trainer's train step (AdamW, plateau scale, StepRunner) and eval step with
+    the KERNELS setting, and runs each once: the first train call's time includes its
+    compilation."""
     import jax
+    import optax
 
     from fer_jax.engine import optim
-    from fer_jax.engine.inference import build_model
     from fer_jax.engine.parallel import DATA_AXIS, StepRunner
     from fer_jax.engine.step import init_state, make_step_fns
+    from fer_jax.inference.loading import build_model
+    from fer_jax.kernels import resolve_kernels
 
-    config = bench_config(model_name, batch_size, compute_dtype, model_kwargs)
+    config = bench_config(model_name, batch_size, compute_dtype, model_kwargs,
+                          resolve_kernels(kernels))
     model = build_model(config, bn_axis_name=DATA_AXIS)
-    tx = optim.make_optimizer(config)
+    # The trainer's AdamW at a constant rate (its schedules change the rate, not the work).
+    tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
     plateau = optim.make_plateau(config)
     state = init_state(config, model, tx, plateau)
     params = sum(int(leaf.size) for leaf in jax.tree.leaves(state.params))
-    flops = forward_flops_per_image(build_model(config), state.variables, batch_size)
+    # XLA counts no FLOPs in a custom call: the count comes from XLA's own convolutions.
+    xla_config = bench_config(model_name, batch_size, compute_dtype, model_kwargs, "xla")
+    flops = forward_flops_per_image(build_model(xla_config), state.variables, batch_size)
 
     train_fn, eval_fn = make_step_fns(model.apply, tx, None, config.label_smoothing)
     runner = StepRunner(train_fn, eval_fn, config.parallel)
@@ -196,29 +171,19 @@ def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "fl
     devices = jax.devices()
     return JaxSteps(train_step=train, eval_step=evaluate, params=params, flops_per_image=flops,
                     first_train_step_s=first_train_step_s,
-                    devices=f"{len(devices)} x {devices[0].device_kind}", runner=runner)
+                    devices=f"{len(devices)} x {devices[0].device_kind}",
+                    kernels=config.kernels, runner=runner)
 
 
 # ----------------------------------------------------------------------------- PyTorch
 
 def load_torch_bench():
-    """benchmarks.torch_bench, or None when PyTorch is not installed."""
+    """fer_jax.torch_reference.steps, or None when PyTorch is not installed."""
     try:
         importlib.import_module("torch")
     except ImportError:
         return None
-    try:
-        return importlib.import_module("benchmarks.torch_bench")
-    except ModuleNotFoundError as err:
-        if err.name != "benchmarks":
-            raise
-    # Run from outside the checkout: benchmarks/ sits next to the fer_jax package.
-    root = pathlib.Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "torch_bench.py").is_file():
-        raise UserError("the PyTorch comparison needs the repository's benchmarks/ folder; "
-                        "run from a checkout of fer_jax")
-    sys.path.insert(0, str(root))
-    return importlib.import_module("benchmarks.torch_bench")
+    return importlib.import_module("fer_jax.torch_reference.steps")
 
 
 def torch_threads() -> int:
@@ -232,6 +197,7 @@ def torch_threads() -> int:
 @dataclasses.dataclass
 class ModelResult:
     model: str
+    kernels: str  # the convolutions' kernels fer_jax ran with: onednn or xla
     params: int
     flops_per_image: float
     compile_s: float
@@ -263,23 +229,26 @@ class BenchRun:
 
 
 def bench_model(target: BenchTarget, batch_size: int, seconds: float, rounds: int,
-                compute_dtype: str, torch_bench, threads: int) -> tuple[ModelResult, str]:
-    """Times one model; with TORCH_BENCH the frameworks alternate within every round
-    (fer_jax train, PyTorch train, fer_jax eval, PyTorch eval; who goes first swaps each
-    round) so that drifts in the machine's speed hit both."""
+                compute_dtype: str, torch_bench, threads: int,
+                kernels: Sequence[str] = ("xla",)) -> tuple[list[ModelResult], str]:
+    """Times one model, one result per KERNELS (each "onednn" or "xla"); the fer_jax
+    settings and PyTorch's alternate within every round (all train steps, then all eval
+    steps; the order reverses each round) so that drifts in the machine's speed hit all."""
     import jax
 
-    jax_steps = prepare_jax_steps(target.model, batch_size, compute_dtype, target.model_kwargs)
-
-    def timer(step: Callable[[], Any], block: Callable[[Any], Any] = _no_block) -> Callable[[], float]:
+    def timer(step: Callable[[], Any], block: Callable[[Any], Any] = no_block) -> Callable[[], float]:
         return lambda: measure_images_per_s(step, batch_size, seconds, block=block,
                                             warmup_steps=_WARMUP_STEPS)
 
-    # kind -> [(key, timer)], fer_jax first; PyTorch's settings each get a key.
-    groups: dict[str, list[tuple[str, Callable[[], float]]]] = {
-        "train": [("jax train", timer(jax_steps.train_step, jax.block_until_ready))],
-        "eval": [("jax eval", timer(jax_steps.eval_step, jax.block_until_ready))],
-    }
+    # kind -> [(key, timer)], fer_jax first; every kernels setting and PyTorch's get a key.
+    groups: dict[str, list[tuple[str, Callable[[], float]]]] = {"train": [], "eval": []}
+    jax_steps = {}
+    for name in kernels:
+        steps = prepare_jax_steps(target.model, batch_size, compute_dtype, target.model_kwargs,
+                                  name)
+        jax_steps[name] = steps
+        groups["train"].append((f"jax train {name}", timer(steps.train_step, jax.block_until_ready)))
+        groups["eval"].append((f"jax eval {name}", timer(steps.eval_step, jax.block_until_ready)))
     torch_keys: dict[str, list[tuple[str, Any]]] = {"train": [], "eval": []}
     if torch_bench is not None:
         torch_bench.set_threads(threads)
@@ -298,17 +267,21 @@ def bench_model(target: BenchTarget, batch_size: int, seconds: float, rounds: in
                 rates[key].append(measure())
     median = {key: statistics.median(values) for key, values in rates.items()}
 
-    steady_step_s = batch_size / median["jax train"]
-    result = ModelResult(model=target.label, params=jax_steps.params,
-                         flops_per_image=jax_steps.flops_per_image,
-                         compile_s=max(jax_steps.first_train_step_s - steady_step_s, 0.0),
-                         jax_train=median["jax train"], jax_eval=median["jax eval"])
+    torch_best: dict[str, Any] = {}
     for kind in ("train", "eval"):
         if torch_keys[kind]:
             key, setting = max(torch_keys[kind], key=lambda item: median[item[0]])
-            setattr(result, f"torch_{kind}", median[key])
-            setattr(result, f"torch_{kind}_setting", setting.label)
-    return result, jax_steps.devices
+            torch_best[f"torch_{kind}"] = median[key]
+            torch_best[f"torch_{kind}_setting"] = setting.label
+    results = []
+    for name, steps in jax_steps.items():
+        train, evaluate = median[f"jax train {name}"], median[f"jax eval {name}"]
+        results.append(ModelResult(
+            model=target.label, kernels=steps.kernels, params=steps.params,
+            flops_per_image=steps.flops_per_image,
+            compile_s=max(steps.first_train_step_s - batch_size / train, 0.0),
+            jax_train=train, jax_eval=evaluate, **torch_best))
+    return results, next(iter(jax_steps.values())).devices
 
 
 def devices_peak(compute_dtype: str, override_per_device: float | None
@@ -374,7 +347,7 @@ def _mflops(value: float) -> str:
 
 
 def table_columns(with_torch: bool, with_peak: bool = False) -> list[str]:
-    columns = ["model", "params", "fwd MFLOP/img", "compile s", "fer_jax train img/s"]
+    columns = ["model", "kernels", "params", "fwd MFLOP/img", "compile s", "fer_jax train img/s"]
     if with_torch:
         columns += ["PyTorch train img/s", "train ratio"]
     if with_peak:
@@ -398,15 +371,15 @@ def _percent_of_peak(images_per_s: float, flops_per_image: float, *, train: bool
 
 def format_table(results: Sequence[ModelResult], with_torch: bool,
                  peak_tflops: float | None = None) -> str:
-    """A markdown table, one row per model; ratios are fer_jax / PyTorch (above 1: fer_jax
+    """A markdown table, one row per model and kernels; ratios are fer_jax / PyTorch (above 1: fer_jax
     faster); with PEAK_TFLOPS (all devices together) the steps' TFLOP/s and share of it."""
     with_peak = peak_tflops is not None
     columns = table_columns(with_torch, with_peak)
     lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join("---" if c == "model" or c.startswith("PyTorch mode") else "---:"
+             "|" + "|".join("---" if c in ("model", "kernels") or c.startswith("PyTorch mode") else "---:"
                             for c in columns) + "|"]
     for r in results:
-        cells = [r.model, f"{r.params:,}", _mflops(r.flops_per_image), f"{r.compile_s:.1f}",
+        cells = [r.model, r.kernels, f"{r.params:,}", _mflops(r.flops_per_image), f"{r.compile_s:.1f}",
                  _rate(r.jax_train)]
         if with_torch:
             cells += [_rate(r.torch_train), _ratio(r.jax_train, r.torch_train)]
@@ -459,68 +432,26 @@ def format_report(run: BenchRun) -> str:
     return f"{body}\n\n{table}\n"
 
 
-# ------------------------------------------------------------------------------ notes
+# ------------------------------------------------------------------------------- json
 
-def cpu_model() -> str:
+def json_records(run: BenchRun) -> list[dict]:
+    """One record per model and kernels: what a script reads from --json."""
+    return [{"model": r.model, "kernels": r.kernels, "compute_dtype": run.compute_dtype,
+             "batch_size": run.batch_size, "devices": run.devices,
+             "train_img_s": r.jax_train, "eval_img_s": r.jax_eval,
+             "torch_train_img_s": r.torch_train, "torch_eval_img_s": r.torch_eval,
+             "torch_train_setting": r.torch_train_setting,
+             "torch_eval_setting": r.torch_eval_setting, "params": r.params,
+             "flops_per_image": None if math.isnan(r.flops_per_image) else r.flops_per_image,
+             "compile_s": r.compile_s, "rounds": run.rounds, "seconds": run.seconds}
+            for r in run.results]
+
+
+def write_json(path: pathlib.Path, run: BenchRun) -> None:
     try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def installed_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> str:
-    """The versions that decide the speed, installed ones whether or not PyTorch was timed."""
-    parts = [f"{name} {installed_version(name) or 'not installed'}"
-             for name in ("jax", "jaxlib", "flax", "optax", "torch")]
-    return ", ".join(parts + [f"Python {platform.python_version()}"])
-
-
-def notes_section(run: BenchRun, command: str, now: datetime.datetime) -> str:
-    """The BUILD_NOTES.md section between the markers: how, when, where, and the results."""
-    return "\n".join([
-        NOTES_START,
-        "## Training speed (`python -m fer_jax.bench`)",
-        "",
-        f"- Command: `{command}`",
-        f"- Date: {now.strftime('%Y-%m-%d %H:%M %Z').strip()}",
-        f"- Machine: {cpu_model()}, {os.cpu_count()} cores ({run.threads} available to this "
-        f"process); fer_jax devices: {run.devices}",
-        f"- Versions: {versions()}",
-        "",
-        format_report(run).rstrip("\n"),
-        NOTES_END,
-    ])
-
-
-def replace_notes_section(text: str, section: str) -> str:
-    """TEXT with the marked section replaced by SECTION, or SECTION appended if unmarked."""
-    starts, ends = text.count(NOTES_START), text.count(NOTES_END)
-    if starts == 0 and ends == 0:
-        if not text or text.endswith("\n\n"):
-            separator = ""
-        else:
-            separator = "\n" if text.endswith("\n") else "\n\n"
-        return f"{text}{separator}{section}\n"
-    start, end = text.find(NOTES_START), text.find(NOTES_END)
-    if starts != 1 or ends != 1 or end < start:
-        raise UserError(f"expected one {NOTES_START} followed by one {NOTES_END}; found "
-                        f"{starts} and {ends}: fix the markers by hand")
-    return text[:start] + section + text[end + len(NOTES_END):]
-
-
-def write_notes(path: pathlib.Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    path.write_text(replace_notes_section(text, section))
+        path.write_text(json.dumps(json_records(run), indent=1) + "\n")
+    except OSError as err:
+        raise UserError(f"--json: cannot write {path}: {err.strerror}") from None
 
 
 # ------------------------------------------------------------------------- command line
@@ -568,10 +499,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-devices", type=int, default=0,
                         help="on a CPU, the cores as this many devices (0: the trainer's default, "
                              "a power of two up to the cores; 1: one device)")
-    parser.add_argument("--write-notes", action="store_true",
-                        help=f"replace the marked section of {DEFAULT_NOTES} with the results")
-    parser.add_argument("--notes-file", type=pathlib.Path, default=pathlib.Path(DEFAULT_NOTES),
-                        help=f"file --write-notes edits (default: ./{DEFAULT_NOTES})")
+    parser.add_argument("--kernels", nargs="+", choices=KERNEL_SETTINGS, default=["auto"],
+                        help="fer_jax's convolution kernels, each timed in the same rounds "
+                             "(default: auto; e.g. --kernels onednn xla)")
+    parser.add_argument("--json", type=pathlib.Path, default=None, metavar="PATH",
+                        help="also write the results as a JSON list, one record per model "
+                             "and kernels")
     args = parser.parse_args(argv)
     if args.models is None:
         args.models = [] if args.experiments else list(MODEL_NAMES)
@@ -603,16 +536,24 @@ def resolve_torch(wanted: bool | None):
     return torch_bench, None
 
 
+def resolved_kernels(settings: Sequence[str]) -> list[str]:
+    """The kernels SETTINGS mean here (auto resolved, each once, in order)."""
+    from fer_jax.kernels import resolve_kernels
+
+    return list(dict.fromkeys(resolve_kernels(setting) for setting in settings))
+
+
 def run_bench(targets: Sequence[BenchTarget], *, batch_size: int, seconds: float, rounds: int,
               compute_dtype: str, torch_bench, pipeline_images: int,
               torch_skipped_because: str | None = None, peak_tflops: float | None = None,
-              progress=print) -> BenchRun:
+              kernels: Sequence[str] = ("auto",), progress=print) -> BenchRun:
     import jax
 
     if batch_size % jax.device_count():
         raise UserError(f"--batch-size {batch_size} must be divisible by the "
                         f"{jax.device_count()} devices")
     threads = torch_threads()
+    kernels = resolved_kernels(kernels)
     pipeline_rate = None
     if pipeline_images:
         if pipeline_images < batch_size:
@@ -623,9 +564,9 @@ def run_bench(targets: Sequence[BenchTarget], *, batch_size: int, seconds: float
     results, devices = [], ""
     for target in targets:
         progress(f"timing {target.label} ...")
-        result, devices = bench_model(target, batch_size, seconds, rounds, compute_dtype,
-                                      torch_bench, threads)
-        results.append(result)
+        model_results, devices = bench_model(target, batch_size, seconds, rounds, compute_dtype,
+                                             torch_bench, threads, kernels)
+        results.extend(model_results)
     torch_version = None
     if torch_bench is not None:
         torch_version = importlib.import_module("torch").__version__
@@ -653,14 +594,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = run_bench(targets, batch_size=args.batch_size, seconds=args.seconds,
                     rounds=args.rounds, compute_dtype=args.compute_dtype, torch_bench=torch_bench,
                     pipeline_images=args.pipeline_images, torch_skipped_because=skipped,
-                    peak_tflops=args.peak_tflops,
+                    peak_tflops=args.peak_tflops, kernels=args.kernels,
                     progress=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_report(run), end="")
-    if args.write_notes:
-        command = "python -m fer_jax.bench" + ("" if not argv else " " + shlex.join(argv))
-        now = datetime.datetime.now(datetime.timezone.utc)
-        write_notes(args.notes_file, notes_section(run, command, now))
-        print(f"wrote the results to {args.notes_file}", file=sys.stderr)
+    if args.json is not None:
+        write_json(args.json, run)
+        print(f"wrote the results to {args.json}", file=sys.stderr)
     return 0
 
 

@@ -1,13 +1,14 @@
 """The speed benchmark: PyTorch copies of the models (same parameters, same function),
-the timing loop, the table, the BUILD_NOTES.md section and a smoke run of the command.
+the timing loop, the table, the JSON records and a smoke run of the command.
 
 PyTorch is optional (the `bench` extra): its tests skip when it is not installed.
 """
 from __future__ import annotations
 
-import datetime
 import importlib
+import json
 import math
+import pathlib
 import re
 import time
 
@@ -39,7 +40,7 @@ def torch_bench(torch):
 
 @pytest.fixture(scope="module")
 def torch_models(torch_bench):
-    return importlib.import_module("benchmarks.torch_models")
+    return importlib.import_module("fer_jax.torch_reference.models")
 
 
 # The time-to-accuracy recipes' networks (3x3 stacks of the simple CNN), which the bench
@@ -207,7 +208,7 @@ def test_measure_images_per_s_counts_finished_steps_over_the_window():
 # ------------------------------------------------------------------------------- table
 
 def _result(**overrides) -> bench.ModelResult:
-    values = dict(model="resnet18", params=11_171_271, flops_per_image=1.2345e9, compile_s=12.34,
+    values = dict(model="resnet18", kernels="onednn", params=11_171_271, flops_per_image=1.2345e9, compile_s=12.34,
                   jax_train=300.0, jax_eval=1200.0, torch_train=150.0, torch_eval=1600.0,
                   torch_train_setting="fp32", torch_eval_setting="bf16")
     values.update(overrides)
@@ -221,60 +222,53 @@ def _cells(line: str) -> list[str]:
 def test_table_with_pytorch_columns_and_ratios():
     lines = bench.format_table([_result()], with_torch=True).splitlines()
     assert _cells(lines[0]) == [
-        "model", "params", "fwd MFLOP/img", "compile s", "fer_jax train img/s",
+        "model", "kernels", "params", "fwd MFLOP/img", "compile s", "fer_jax train img/s",
         "PyTorch train img/s", "train ratio", "fer_jax eval img/s", "PyTorch eval img/s",
         "eval ratio", "PyTorch mode (train/eval)"]
-    assert _cells(lines[2]) == ["resnet18", "11,171,271", "1,234.5", "12.3", "300", "150", "2.00",
+    assert _cells(lines[2]) == ["resnet18", "onednn", "11,171,271", "1,234.5", "12.3", "300", "150", "2.00",
                                 "1,200", "1,600", "0.75", "fp32 / bf16"]
 
 
 def test_table_without_pytorch_has_only_fer_jax_columns():
     lines = bench.format_table([_result(torch_train=None, torch_eval=None,
                                         flops_per_image=math.nan)], with_torch=False).splitlines()
-    assert _cells(lines[0]) == ["model", "params", "fwd MFLOP/img", "compile s",
+    assert _cells(lines[0]) == ["model", "kernels", "params", "fwd MFLOP/img", "compile s",
                                 "fer_jax train img/s", "fer_jax eval img/s"]
-    assert _cells(lines[2]) == ["resnet18", "11,171,271", "—", "12.3", "300", "1,200"]
+    assert _cells(lines[2]) == ["resnet18", "onednn", "11,171,271", "—", "12.3", "300", "1,200"]
 
 
-# ------------------------------------------------------------------------------- notes
+# -------------------------------------------------------------------------------- json
 
-SECTION = f"{bench.NOTES_START}\nresults\n{bench.NOTES_END}"
-
-
-def test_notes_section_is_appended_when_unmarked_and_replaced_when_marked():
-    text = "# Build notes\n\nkept\n"
-    once = bench.replace_notes_section(text, SECTION)
-    assert once == f"# Build notes\n\nkept\n\n{SECTION}\n"
-    new = SECTION.replace("results", "new results")
-    twice = bench.replace_notes_section(once + "after\n", new)
-    assert twice == f"# Build notes\n\nkept\n\n{new}\nafter\n"
-    assert bench.replace_notes_section("", SECTION) == SECTION + "\n"
-
-
-@pytest.mark.parametrize("text", [f"{bench.NOTES_START}\nno end\n",
-                                  f"{bench.NOTES_END}\n{bench.NOTES_START}\n",
-                                  f"{SECTION}\n{SECTION}\n"])
-def test_broken_notes_markers_are_refused(text):
-    with pytest.raises(UserError, match="fix the markers"):
-        bench.replace_notes_section(text, SECTION)
+def test_json_records_have_one_entry_per_model_and_kernels(tmp_path):
+    results = [_result(), _result(kernels="xla", jax_train=200.0, flops_per_image=math.nan)]
+    run = bench.BenchRun(results=results, pipeline_images_per_s=None, batch_size=64, seconds=2.0,
+                         rounds=3, compute_dtype="bfloat16", devices="2 x cpu", threads=2,
+                         torch_version="2.13.0+cpu")
+    path = tmp_path / "bench.json"
+    bench.write_json(path, run)
+    records = json.loads(path.read_text())
+    assert [(r["model"], r["kernels"]) for r in records] == [("resnet18", "onednn"),
+                                                             ("resnet18", "xla")]
+    first = records[0]
+    assert first["compute_dtype"] == "bfloat16" and first["batch_size"] == 64
+    assert (first["train_img_s"], first["eval_img_s"]) == (300.0, 1200.0)
+    assert (first["torch_train_img_s"], first["torch_eval_img_s"]) == (150.0, 1600.0)
+    assert records[1]["train_img_s"] == 200.0 and records[1]["flops_per_image"] is None
 
 
-def test_notes_section_records_command_date_machine_and_results(tmp_path):
-    run = bench.BenchRun(results=[_result()], pipeline_images_per_s=4321.0, batch_size=64,
-                         seconds=2.0, rounds=3, compute_dtype="float32", devices="1 x cpu",
-                         threads=2, torch_version="2.13.0+cpu")
-    when = datetime.datetime(2025, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)
-    section = bench.notes_section(run, "python -m fer_jax.bench --write-notes", when)
-    path = tmp_path / "BUILD_NOTES.md"
-    bench.write_notes(path, section)
-    text = path.read_text()
-    assert text.startswith(bench.NOTES_START) and text.rstrip().endswith(bench.NOTES_END)
-    assert "- Command: `python -m fer_jax.bench --write-notes`" in text
-    assert "- Date: 2025-03-04 05:06 UTC" in text
-    assert bench.cpu_model() in text and f"jax {jax.__version__}" in text
-    assert f"torch {bench.installed_version('torch') or 'not installed'}" in text
-    assert "PyTorch 2.13.0+cpu on the CPU with 2 threads" in text
-    assert "4,321 images/s" in text and "| resnet18 | 11,171,271 |" in text
+def test_kernels_settings_resolve_once_each_in_order():
+    assert bench.resolved_kernels(["xla", "xla"]) == ["xla"]
+    assert bench.parse_args([]).kernels == ["auto"]
+    assert bench.parse_args(["--kernels", "onednn", "xla"]).kernels == ["onednn", "xla"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--kernels", "fast"])
+
+
+def test_the_library_never_imports_benchmarks():
+    root = pathlib.Path(bench.__file__).resolve().parent
+    for path in root.rglob("*.py"):
+        assert not re.search(r"^\s*(from|import) benchmarks\b|\"benchmarks\.", path.read_text(),
+                             re.M), path
 
 
 # ------------------------------------------------------------------------ command line
@@ -320,7 +314,7 @@ def test_asking_for_pytorch_without_it_is_a_user_error(monkeypatch):
 def test_smoke_run_prints_the_table(what, label, params, capsys):
     """Both frameworks' columns with PyTorch installed, fer_jax's alone without it."""
     with_torch = bench.load_torch_bench() is not None
-    status = bench.main([*what, "--batch-size", "8", "--seconds", "0.05",
+    status = bench.main([*what, "--batch-size", "8", "--seconds", "0.05", "--kernels", "xla",
                          "--rounds", "1", "--pipeline-images", "64"])
     assert status == 0
     out = capsys.readouterr().out
@@ -328,7 +322,7 @@ def test_smoke_run_prints_the_table(what, label, params, capsys):
     assert len(lines) == 3
     assert _cells(lines[0]) == bench.table_columns(with_torch)
     row = dict(zip(_cells(lines[0]), _cells(lines[2])))
-    assert row["model"] == label and row["params"] == params
+    assert row["model"] == label and row["kernels"] == "xla" and row["params"] == params
     numeric = ["fwd MFLOP/img", "fer_jax train img/s", "fer_jax eval img/s"]
     if with_torch:
         numeric += ["PyTorch train img/s", "train ratio", "PyTorch eval img/s", "eval ratio"]

@@ -1,4 +1,4 @@
-"""Train and eval images/s of the PyTorch copies (benchmarks.torch_models) on the CPU.
+"""Train and eval images/s of the PyTorch copies (fer_jax.torch_reference.models) on the CPU.
 
 PyTorch is given its best plain settings: channels_last tensors and weights, fused
 AdamW where the build has it, and both float32 and bfloat16 autocast, so that the
@@ -16,8 +16,9 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from benchmarks.torch_models import build_torch_model
 from fer_jax.data.types import IMAGE_SIZE, NUM_CLASSES
+from fer_jax.timing import measure_images_per_s
+from fer_jax.torch_reference.models import build_torch_model
 
 Step = Callable[[], torch.Tensor]
 
@@ -117,8 +118,6 @@ def make_eval_step(name: str, batch_size: int, setting: TorchSetting, *, seed: i
 
 def images_per_s(step: Step, batch_size: int, seconds: float, *, warmup_steps: int = 2) -> float:
     """Steady-state images/s of STEP (PyTorch on the CPU returns when the work is done)."""
-    from fer_jax.bench import measure_images_per_s  # the clock both frameworks are read with
-
     return measure_images_per_s(step, batch_size, seconds, warmup_steps=warmup_steps)
 
 
