@@ -10,6 +10,7 @@ import ml_collections
 from fer_jax.checkout_packages import released_checkpoint
 from fer_jax.config import base_config
 from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
+from fer_jax.engine.restore_checks import check_meta, check_readable, check_variables
 from fer_jax.errors import UserError
 from fer_jax.inference.classifier import Classifier
 from fer_jax.kernels import resolve_kernels
@@ -46,11 +47,14 @@ def load_model(checkpoint: str | pathlib.Path | None) -> LoadedModel:
     meta = read_meta(step_dir)
     if "config" not in meta or "normalization" not in meta:
         raise UserError(f"{step_dir}: the checkpoint's metadata lacks its config or normalization")
+    check_meta(meta, step_dir)
     config = base_config()
     saved = ml_collections.ConfigDict(meta["config"])
     config.model = saved.model
     config.compute_dtype = saved.get("compute_dtype", "float32")
     config.model_kwargs = ml_collections.ConfigDict(dict(saved.get("model_kwargs", {})))
     model = build_model(config)
+    check_readable(step_dir)
     variables = restore_variables(step_dir)
+    check_variables(model, variables, step_dir, config.model)
     return LoadedModel(config, model, variables, meta["normalization"], step_dir, meta)
