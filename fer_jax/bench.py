@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from fer_jax import device_peak
 from fer_jax.errors import UserError, run_cli
-from fer_jax.kernels import KERNEL_SETTINGS
 from fer_jax.runtime import quiet_tensorflow, split_cpu_into_devices, usable_cores
 from fer_jax.timing import measure_images_per_s, no_block
 
@@ -469,6 +468,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from fer_jax.kernels import KERNEL_SETTINGS
     from fer_jax.models import STUDY_MODEL_NAMES as MODEL_NAMES
 
     parser = argparse.ArgumentParser(

@@ -10,6 +10,8 @@ import json
 import math
 import pathlib
 import re
+import subprocess
+import sys
 import time
 
 import jax
@@ -262,6 +264,12 @@ def test_kernels_settings_resolve_once_each_in_order():
     assert bench.parse_args(["--kernels", "onednn", "xla"]).kernels == ["onednn", "xla"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--kernels", "fast"])
+
+
+def test_importing_the_command_leaves_jax_unimported():
+    """The CPU device split (--cpu-devices) must run before jax is imported."""
+    code = "import sys, fer_jax.bench; assert 'jax' not in sys.modules, 'jax imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_the_library_never_imports_benchmarks():
