@@ -187,3 +187,14 @@ def test_from_imports_resolve_to_the_module_they_name():
     # `from fer_jax.inference import tta` depends on the module fer_jax.inference.tta.
     assert "fer_jax.inference.tta" in graph["fer_jax.cli.ensemble"]
     assert "fer_jax.errors" in graph["fer_jax.inference.tta"]
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists its packages by name: a new folder of modules must be listed, or a
+    wheel ships without it while the editable install still finds it."""
+    import tomllib
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {module_name(path.parent) for path in (ROOT / "fer_jax").rglob("*.py")
+               if "__pycache__" not in path.parts}
+    assert folders - set(settings["packages"]) == set()
+    assert set(settings["package-dir"].values()) == set(MAPPED_FOLDERS) | {"fer_jax"}
