@@ -10,13 +10,13 @@ import subprocess
 import sys
 import threading
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
+from benchmarks.conv_layers import conv_shapes
 from fer_jax import bench, kernels
 from fer_jax.errors import UserError
 from fer_jax.kernels import build
@@ -42,26 +42,6 @@ def _usable() -> tuple[bool, str]:
 
 
 onednn = pytest.mark.skipif(not _usable()[0], reason=f"oneDNN kernels unavailable: {_usable()[1]}")
-
-
-def conv_shapes(name: str, model_kwargs: dict) -> set[tuple]:
-    """(input shape without batch, kernel, features, strides, padding) of every nn.Conv call."""
-    found = set()
-
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if isinstance(module, nn.Conv) and context.method_name == "__call__":
-            padding = module.padding if isinstance(module.padding, str) else tuple(
-                tuple(p) for p in module.padding)
-            found.add((args[0].shape[1:], tuple(module.kernel_size), module.features,
-                       tuple(module.strides), padding))
-        return next_fun(*args, **kwargs)
-
-    model = get_model(name, **model_kwargs)
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 1)),
-                                          train=False))
-    return found
 
 
 ALL_SHAPES = sorted({shape for name, kwargs in NETWORKS for shape in conv_shapes(name, kwargs)},
@@ -192,7 +172,7 @@ TRAIN_NETWORKS = {"simple_cnn_v2": {"widths": (16, 32), "dense_width": 32},
     ("simple_cnn_v2", "float32", 1e-5, 5e-3),
     pytest.param("cbam_cnn", "float32", 1e-5, 5e-3, marks=pytest.mark.slow),
     # bfloat16: each kernel rounds its outputs to 8 bits, differently.
-    ("simple_cnn_v2", "bfloat16", 1e-2, 3e-2),
+    pytest.param("simple_cnn_v2", "bfloat16", 1e-2, 3e-2, marks=pytest.mark.slow),
 ])
 def test_training_with_onednn_follows_xlas_loss_curve(model, dtype, first_tolerance, tolerance):
     curves = {}
@@ -218,7 +198,6 @@ def _worker(devices: int, out) -> str:
 
 
 @onednn
-@pytest.mark.slow
 def test_two_devices_with_onednn_match_one(tmp_path):
     """parallel_worker builds its model with the default kernels (auto: oneDNN here)."""
     results = {}
