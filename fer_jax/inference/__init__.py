@@ -6,5 +6,6 @@ augmentation, scoring, ensembles and expressions on photos.
 - loading: build_model (a config's network) and load_model (a checkpoint's model);
 - scoring: SPLIT_CHOICES, select_split, score, evaluate_checkpoint;
 - ensemble: averaged members, their scores and the subset search;
-- expressions: ExpressionPredictor, faces found in photos and classified.
+- expressions: ExpressionPredictor, faces found in photos and classified;
+- files: the frames of image and video files in batched passes, annotated copies' names.
 """
