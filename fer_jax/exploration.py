@@ -382,13 +382,13 @@ def render_report(result: Exploration, identity: DataIdentity, command: str, ref
 # ------------------------------------------------------------------------ data and figures
 
 
-def load_data(path: str | None) -> tuple[FerData, DataIdentity]:
+def load_data(path: str | None, *, skip_bad_rows: bool = False) -> tuple[FerData, DataIdentity]:
     """The data PATH (or $FER2013_PATH, or the TFDS manual copy) names, else the synthetic set."""
     source = locate_data(path)
     if source is None:
         data = make_synthetic()
         return data, DataIdentity(data.source, data.fingerprint, True, SYNTHETIC_NOTICE)
-    data = load_fer_cached(source)
+    data = load_fer_cached(source, skip_bad_rows=skip_bad_rows)
     return data, DataIdentity(os.path.abspath(source), data.fingerprint, False, "")
 
 

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "or a released model (default: release/final)")
     parser.add_argument("--data", required=True, help="a labelled FER2013 file or folder")
     parser.add_argument("--split", default="PublicTest", choices=SPLIT_CHOICES)
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="leave out rows (or images) that cannot be read, listed on stderr, "
+                             "instead of stopping at the first")
     parser.add_argument("--out", default=None, help="write metrics.json and confusion_matrix.png here")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tta", default="none", choices=TTA_MODES,
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
-    data = select_split(load_fer_cached(args.data), args.split)
+    data = select_split(load_fer_cached(args.data, skip_bad_rows=args.skip_bad_rows), args.split)
     result = evaluate_checkpoint(args.checkpoint, data, args.tta, args.batch_size)
     summary, loaded = result.summary, result.loaded
     print(f"accuracy: {summary['accuracy']:.4f}")

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None,
                         help="a FER2013 file or folder (default: $FER2013_PATH, the TFDS manual folder, "
                              "else the built-in synthetic set)")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="leave out rows (or images) that cannot be read, listed on stderr, "
+                             "instead of stopping at the first")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample faces (default 0)")
     parser.add_argument("--per-class", type=int, default=8, help="sample faces per class (default 8)")
@@ -47,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     prepare_out(out)
     status(f"reading {args.data or 'the default data'}")
-    data, identity = load_data(args.data)
+    data, identity = load_data(args.data, skip_bad_rows=args.skip_bad_rows)
     if identity.synthetic:
         print(f"note: {identity.notice}", file=sys.stderr)
     status(f"read {len(data):,} rows; counting classes, duplicates and pixels")

@@ -88,7 +88,8 @@ def open_csv(path: pathlib.Path) -> CsvSource:
     head = _gunzipped_head(path) if compressed else start
     what = describe_non_text(head)
     if what:
-        raise DataError(path, f"is {what}, not a FER2013 CSV (UTF-8 or ASCII text)")
+        advice = "; save it as UTF-8" if what.startswith("UTF") else ""
+        raise DataError(path, f"is {what}, not a FER2013 CSV (UTF-8 or ASCII text){advice}")
     if not compressed and size > MAX_TEXT_BYTES:
         raise DataError(path, f"is {size / 2 ** 30:.1f} GiB, more than the {MAX_TEXT_BYTES >> 30} GiB a "
                               "FER2013 CSV may hold (the full data set is about 290 MB)")
@@ -110,14 +111,14 @@ def describe_non_text(head: bytes) -> str | None:
     """What the first bytes of a file are when they are not UTF-8 or ASCII text, else None."""
     for magic, what in _WIDE_TEXT:
         if head.startswith(magic):
-            return f"{what} (it starts with a {what[:6]} byte-order mark); save it as UTF-8"
-    if len(head) >= 8 and head.count(0) * 3 >= len(head) and head.count(0) < len(head):
-        half = head[1::2] if head[1::2].count(0) > head[0::2].count(0) else head[0::2]
-        if half.count(0) >= 0.9 * len(half):
-            return "UTF-16 text without a byte-order mark (every other byte is zero); save it as UTF-8"
+            return f"{what} (it starts with a {what[:6]} byte-order mark)"
     for magic, what in _KNOWN_BINARY:
         if head.startswith(magic):
             return what
+    if len(head) >= 8 and head.count(0) * 3 >= len(head) and head.count(0) < len(head):
+        half = head[1::2] if head[1::2].count(0) > head[0::2].count(0) else head[0::2]
+        if half.count(0) >= 0.9 * len(half):
+            return "UTF-16 text without a byte-order mark (every other byte is zero)"
     if head and head.count(0) == len(head):
         return f"binary data: its first {len(head)} bytes are all zero"
     if b"\0" in head or sum(head.count(c) for c in _CONTROL) > len(head) // 100:

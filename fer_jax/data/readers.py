@@ -8,7 +8,7 @@ Forms (detected from the content, not the name):
 - an image folder ``ROOT/train/<emotion>/*.png|jpg|jpeg`` and ``ROOT/test/<emotion>/*``.
 
 Bad rows raise DataError naming the file and the 1-based line (header = line 1), or,
-with ``skip_bad_rows=True``, are left out and listed in the returned report.
+with ``skip_bad_rows=True`` (``--skip-bad-rows`` on the command line), are left out and listed in the returned report.
 """
 from __future__ import annotations
 
@@ -471,8 +471,8 @@ def _handle_bad_rows(path: pathlib.Path, bad_rows: list[BadRow], skip_bad_rows: 
     first = bad_rows[0]
     if not skip_bad_rows:
         more = len(bad_rows) - 1
-        hint = (f" ({more} more bad row(s) follow; skip_bad_rows=True skips them)" if more
-                else " (skip_bad_rows=True skips bad rows)")
+        leave_out = "--skip-bad-rows leaves bad rows out (train: --set data.skip_bad_rows=true)"
+        hint = f" ({more} more bad row(s) follow; {leave_out})" if more else f" ({leave_out})"
         raise DataError(first.source, first.reason + hint, line=first.line)
     if len(bad_rows) >= total:
         raise DataError(path, f"no usable rows: all {len(bad_rows)} are bad; first: {first}")

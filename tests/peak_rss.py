@@ -1,0 +1,25 @@
+"""Runs a command under an address-space limit and reports its exit status and peak RSS.
+
+python tests/peak_rss.py LIMIT_BYTES COMMAND...: prints one JSON line
+{"returncode": ..., "peak_rss": bytes} on stdout; the command's own output goes to stderr.
+A process of its own, so the peak is this command's alone, not the test runner's.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+
+def main(limit: int, command: list[str]) -> None:
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    run = subprocess.run(command, stdout=sys.stderr, preexec_fn=cap)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"returncode": run.returncode, "peak_rss": peak}), flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2:])

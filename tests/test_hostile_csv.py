@@ -1,0 +1,225 @@
+"""Hostile and careless CSV input: huge files, binary and UTF-16 files, endless lines, gzip bombs.
+
+The reader must say what a file is from its first bytes and keep memory bounded
+(fer_jax/data/csv_stream.py states the limits); reads that a broken reader would
+blow up run in a child process under an address-space limit (tests/peak_rss.py).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import pathlib
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import generated_fer_arrays
+from fer_jax.data import csv_stream
+from fer_jax.data.readers import read_fer, read_fer_with_report
+from fer_jax.errors import DataError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PEAK = pathlib.Path(__file__).with_name("peak_rss.py")
+ADDRESS_SPACE_LIMIT = 3 << 30
+REFUSAL_RSS_LIMIT = 2_000_000_000
+GIB = 1 << 30
+
+
+def _rows(n: int = 4) -> list[str]:
+    images, labels, usage = generated_fer_arrays(n_per_class_split=1)
+    return [f"{labels[i]},{' '.join(map(str, images[i].reshape(-1).tolist()))},{usage[i]}" for i in range(n)]
+
+
+def _csv(path: pathlib.Path, lines: list[str]) -> pathlib.Path:
+    path.write_text("\n".join(["emotion,pixels,Usage"] + lines) + "\n")
+    return path
+
+
+def _refusal(path) -> str:
+    with pytest.raises(DataError) as err:
+        read_fer(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message, message
+    return message
+
+
+def _peak(command: list[str]) -> tuple[dict, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, str(PEAK), str(ADDRESS_SPACE_LIMIT), *command],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+
+
+def _read_in_child(path: pathlib.Path) -> tuple[dict, str]:
+    script = ("import sys\nfrom fer_jax.errors import run_cli\nfrom fer_jax.data.readers import read_fer\n"
+              "run_cli(lambda argv: print(len(read_fer(argv[0]))) or 0, sys.argv[1:])")
+    return _peak([sys.executable, "-c", script, str(path)])
+
+
+# ----------------------------------------------------------------------------- huge files
+
+def test_explore_refuses_a_2gb_file_of_zeros_from_its_first_bytes(tmp_path):
+    zeros = tmp_path / "zeros.csv"
+    with open(zeros, "wb") as f:
+        f.truncate(2 * GIB)  # sparse: no disk used
+    result, stderr = _peak([sys.executable, "-m", "fer_jax.explore", "--data", str(zeros),
+                            "--out", str(tmp_path / "out")])
+    assert result["returncode"] == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert "binary data: its first 65536 bytes are all zero" in errors[0]
+    assert result["peak_rss"] < REFUSAL_RSS_LIMIT, result
+
+
+def test_a_text_file_over_the_size_limit_is_refused_before_reading(tmp_path):
+    big = _csv(tmp_path / "big.csv", _rows(20))
+    with open(big, "r+b") as f:
+        f.truncate(csv_stream.MAX_TEXT_BYTES + GIB // 2)
+    result, stderr = _read_in_child(big)
+    assert result["returncode"] == 2 and "more than the 1 GiB a FER2013 CSV may hold" in stderr, stderr
+    assert result["peak_rss"] < REFUSAL_RSS_LIMIT, result
+
+
+def _gzip_member(raw_deflate: bytes, size: int, crc: int = 0) -> bytes:
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + raw_deflate + struct.pack("<II", crc, size % 2 ** 32)
+
+
+def _deflated(byte: bytes, size: int, chunk: int = 16 << 20) -> bytes:
+    """Raw deflate of SIZE copies of BYTE: after a full flush every chunk compresses to the same bytes."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(byte * chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return block * (size // chunk - 1) + compressor.compress(byte * chunk) + compressor.flush(zlib.Z_FINISH)
+
+
+def test_a_gzip_bomb_is_cut_off_at_the_text_limit(tmp_path):
+    head = ("\n".join(["emotion,pixels,Usage"] + _rows(2)) + "\n").encode()
+    bomb = tmp_path / "bomb.csv.gz"
+    # A readable start, then 1.25 GiB of spaces on one line (as a second gzip member).
+    bomb.write_bytes(gzip.compress(head) + _gzip_member(_deflated(b" ", GIB + GIB // 4), GIB + GIB // 4))
+    assert bomb.stat().st_size < 4 << 20
+    result, stderr = _read_in_child(bomb)
+    assert result["returncode"] == 2 and "holds more than 1 GiB of text" in stderr, stderr
+    assert result["peak_rss"] < REFUSAL_RSS_LIMIT, result
+
+
+def test_a_line_longer_than_the_limit_is_a_bad_row_read_through(tmp_path):
+    rows = _rows(3)
+    path = _csv(tmp_path / "long.csv", [rows[0], "1," + "7 " * (csv_stream.MAX_LINE_BYTES // 2) + ",Training",
+                                        rows[1], rows[2]])
+    assert "line 3: line is longer than 1 MiB" in _refusal(path)
+    data, bad = read_fer_with_report(path, skip_bad_rows=True)
+    assert len(data) == 3 and [row.line for row in bad] == [3]
+
+
+def test_a_header_line_longer_than_the_head_is_refused(tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_bytes(b"emotion," + b"x" * csv_stream.HEAD_BYTES + b"\n1,2,3\n")
+    assert "first line is longer than 64 KiB" in _refusal(path)
+
+
+# ------------------------------------------------------------------- what the file looks like
+
+@pytest.mark.parametrize("encoding,expected", [
+    ("utf-16", "is UTF-16 text (it starts with a UTF-16 byte-order mark)"),
+    ("utf-16-be", "is UTF-16 text without a byte-order mark"),
+    ("utf-16-le", "is UTF-16 text without a byte-order mark"),
+    ("utf-32", "is UTF-32 text"),
+], ids=["utf16-bom", "utf16-be", "utf16-le", "utf32"])
+def test_a_wide_text_file_is_named_by_its_encoding(tmp_path, encoding, expected):
+    path = tmp_path / "wide.csv"
+    path.write_bytes(("\n".join(["emotion,pixels,Usage"] + _rows(2)) + "\n").encode(encoding))
+    message = _refusal(path)
+    assert expected in message and "save it as UTF-8" in message and "missing column" not in message
+
+
+def test_a_gzipped_utf16_file_is_named_too(tmp_path):
+    path = tmp_path / "wide.csv.gz"
+    path.write_bytes(gzip.compress(("emotion,pixels,Usage\n" + _rows(1)[0]).encode("utf-16")))
+    assert "is UTF-16 text" in _refusal(path)
+
+
+@pytest.mark.parametrize("start,expected", [
+    (np.random.default_rng(0).bytes(4096), "is binary data (it starts with b'"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(64), "is a PNG image"),
+    (b"\xff\xd8\xff\xe0" + bytes(64), "is a JPEG image"),
+    (b"\x80\x02}q\x00." + bytes(8), "is a Python pickle"),
+    (b"\x93NUMPY\x01\x00" + bytes(64), "is a NumPy .npy array"),
+], ids=["random", "png", "jpeg", "pickle", "npy"])
+def test_a_binary_file_is_named_as_binary(tmp_path, start, expected):
+    path = tmp_path / "data.csv"
+    path.write_bytes(start)
+    message = _refusal(path)
+    assert expected in message and "missing column" not in message, message
+
+
+def test_text_files_still_read_in_every_line_ending(tmp_path):
+    lines = ["emotion,pixels,Usage"] + _rows(3)
+    for name, text in (("lf", "\n".join(lines)), ("crlf", "\r\n".join(lines) + "\r\n"),
+                       ("cr", "\r".join(lines) + "\r"), ("bom", "\ufeff" + "\n".join(lines))):
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(text.encode("utf-8"))
+        assert len(read_fer(path)) == 3, name
+
+
+# --------------------------------------------------------------------------- bad-row hints
+
+def test_the_bad_row_hint_gives_the_command_line_spelling(tmp_path):
+    rows = _rows(3)
+    path = _csv(tmp_path / "bad.csv", [rows[0], "9," + rows[1].split(",", 1)[1], "x,1 2,Training"])
+    message = _refusal(path)
+    assert "line 3: emotion label 9 is outside 0-6" in message
+    assert "--skip-bad-rows" in message and "--set data.skip_bad_rows=true" in message
+    assert "skip_bad_rows=True" not in message
+
+
+def test_explore_skips_bad_rows_when_asked(tmp_path, caplog, monkeypatch):
+    from fer_jax.cli.explore import main
+
+    monkeypatch.setenv("FER_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    rows = _rows(8)
+    path = _csv(tmp_path / "bad.csv", rows[:4] + ["3,not pixels,Training"] + rows[4:])
+    with pytest.raises(DataError, match="--skip-bad-rows"):
+        main(["--data", str(path), "--out", str(tmp_path / "refused")])
+    with caplog.at_level(logging.WARNING):
+        assert main(["--data", str(path), "--out", str(tmp_path / "out"), "--skip-bad-rows"]) == 0
+    assert "skipped 1 bad row(s) (lines 6)" in caplog.text
+
+
+def test_evaluate_skips_bad_rows_when_asked(tmp_path, caplog, monkeypatch):
+    from fer_jax.cli.evaluate import main
+
+    released = REPO / "release" / "final"
+    if not (released / "variables").is_dir():
+        pytest.skip("no released model")
+    monkeypatch.setenv("FER_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    rows = _rows(8)
+    path = _csv(tmp_path / "bad.csv", rows[:4] + ["3,1 2 3,Training"] + rows[4:])
+    argv = ["--checkpoint", str(released), "--data", str(path), "--split", "all"]
+    with pytest.raises(DataError, match="--skip-bad-rows"):
+        main(argv)
+    with caplog.at_level(logging.WARNING):
+        assert main(argv + ["--skip-bad-rows"]) == 0
+    assert "skipped 1 bad row(s) (lines 6)" in caplog.text
+
+
+# ------------------------------------------------------------------------------ real data
+
+@pytest.mark.slow
+def test_the_real_300mb_csv_still_reads_in_bounded_memory(tmp_path, fer_public_path):
+    if not str(fer_public_path).endswith(".gz"):
+        pytest.skip("no shared public CSV")
+    plain = tmp_path / "fer2013_public.csv"
+    with gzip.open(fer_public_path, "rb") as source, open(plain, "wb") as out:
+        while block := source.read(1 << 24):
+            out.write(block)
+    assert plain.stat().st_size > 250_000_000
+    result, stderr = _read_in_child(plain)
+    assert result["returncode"] == 0, stderr
+    # The whole file is 271 MB of text; its parsed images are 74 MB.
+    assert result["peak_rss"] < 700_000_000, result
