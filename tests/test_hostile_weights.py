@@ -377,3 +377,31 @@ def test_fuzzed_weight_files_end_in_a_result_or_a_one_line_refusal(tmp_path):
 @pytest.mark.slow
 def test_fuzzed_weight_files_many(tmp_path):
     _check_fuzz(_fuzz_files(tmp_path, 5000, seed=7), tmp_path)
+
+
+# ---------------------------------------------------------------------- converted folders
+
+def test_a_truncated_converted_folder_is_refused_before_orbax_restores(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    from fer_jax.transfer import convert
+    from fer_jax.errors import UserError
+
+    shapes = convert.variable_shapes(convert.reference_model("resnet18"))
+    rng = np.random.default_rng(0)
+    variables = {c: {path: rng.normal(size=shape).astype(np.float32) for path, shape in convert._flatten(tree).items()}
+                 for c, tree in shapes.items()}
+    variables = {c: convert._unflatten(flat) for c, flat in variables.items()}
+    out = convert.save_converted(variables, tmp_path / "converted", "resnet18", "crafted")
+    values = [p for p in (out / "variables").rglob("*") if p.is_file() and p.parent.name == "d"]
+    largest = max(values, key=lambda p: p.stat().st_size)
+    with open(largest, "r+b") as f:
+        f.truncate(largest.stat().st_size // 3)
+
+    def must_not_restore(*args, **kwargs):
+        raise AssertionError("Orbax's restore ran on a damaged folder")
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "restore", must_not_restore)
+    with pytest.raises(UserError, match="damaged or incomplete") as err:
+        convert.read_pretrained(out, "resnet18")
+    assert "\n" not in str(err.value)

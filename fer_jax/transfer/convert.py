@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from fer_jax.engine.restore_checks import check_readable
 from fer_jax.errors import DataError, UserError
 from fer_jax.models.resnet import RESNET18_STAGES, RESNET34_STAGES, ResNet
 from fer_jax.models.vgg_imagenet import (CLASSIFIER_POOL, VGG16_STAGES, VGG19_STAGES,
@@ -319,12 +320,13 @@ def load_converted(directory: str | os.PathLike, arch: str) -> dict:
         raise DataError(info_path, f"unknown format {info.get('format')!r}")
     if info.get("arch") != arch:
         raise DataError(directory, f"holds {info.get('arch')} weights, not {arch}")
+    check_readable(directory)  # a damaged folder is refused before Orbax's asynchronous restore
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(directory / VARIABLES_DIR)
     except Exception as err:  # Orbax raises many types for a damaged folder
         raise DataError(directory, f"cannot restore the converted weights ({type(err).__name__}: "
-                                   f"{err})") from None
+                                   f"{' '.join(str(err).split())[:300]})") from None
     restored = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(restored))
     shapes = variable_shapes(reference_model(arch))
     got = {c: {p: leaf.shape for p, leaf in _flatten(restored.get(c, {})).items()} for c in shapes}
