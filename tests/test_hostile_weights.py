@@ -173,7 +173,7 @@ def test_decompression_bombs_are_refused_in_little_memory(tmp_path):
     _assert_refused(records[1], "inflate to more than 1024 MiB")
     # Only the declared 16 bytes are inflated: a result of four zeros, or a CRC refusal.
     assert records[2]["outcome"] in ("ok", "refused") and records[2]["peak_rss"] < PEAK_RSS_LIMIT, records[2]
-    _assert_refused(records[3], "larger than 16 MiB")
+    _assert_refused(records[3], "larger than 4 MiB")
     _assert_refused(records[4])
 
 
@@ -183,6 +183,19 @@ def test_a_forged_memo_index_does_not_allocate(tmp_path):
                 + b"0}.")
     (record,) = _read_in_child([path], tmp_path)
     _assert_refused(record, "does not hold a state dict")
+
+
+@pytest.mark.parametrize("opcodes", [pickle.EMPTY_DICT, pickle.MARK, pickle.EMPTY_DICT + pickle.MEMOIZE,
+                                     pickle.EMPTY_SET], ids=["dicts", "marks", "memoized", "sets"])
+def test_a_pickle_of_one_object_a_byte_stays_small(tmp_path, opcodes):
+    from fer_jax.transfer.torch_file import MAX_PICKLE_BYTES
+
+    path = tmp_path / "flood.pth"
+    count = (MAX_PICKLE_BYTES - 16) // len(opcodes)
+    tc.zip_file(path, None, {}, pickle_bytes=b"\x80\x04" + opcodes * count + pickle.STOP)
+    (record,) = _read_in_child([path], tmp_path)
+    _assert_refused(record)
+    assert record["peak_rss"] < 800_000_000, record
 
 
 # --------------------------------------------------------------------------- refused objects

@@ -57,7 +57,9 @@ _ZIP_SIGNATURE = b"PK\x03\x04"
 # Leading keys of training checkpoints that wrap the state dict.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
-MAX_PICKLE_BYTES = 16 << 20  # a state dict's pickle is ~200 bytes a tensor
+# A state dict's pickle takes ~200 bytes a tensor; a hostile one can make each byte an
+# object of up to ~100 bytes, so this also bounds the unpickler's memory (~400 MB).
+MAX_PICKLE_BYTES = 4 << 20
 MAX_INFLATED_BYTES = 1 << 30
 _MAX_DIMS = 32
 _READ_CHUNK = 16 << 20
@@ -114,13 +116,17 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
 }
 
 
-def _refuse_bytearray8(unpickler) -> None:
-    # The pure-Python unpickler allocates a BYTEARRAY8's declared length before reading it.
-    raise pickle.UnpicklingError("a bytearray opcode (pickle protocol 5), which torch.save never writes")
+def _refuse_opcode(unpickler) -> None:
+    raise pickle.UnpicklingError("a set or bytearray opcode, which torch.save never writes")
+
+
+# The pure-Python unpickler allocates a BYTEARRAY8's declared length before reading it,
+# and an empty set costs 216 bytes for one opcode byte: neither is in a state dict.
+_REFUSED_OPCODES = (pickle.BYTEARRAY8, pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET)
 
 
 class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: see the module docstring
-    dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _refuse_bytearray8}
+    dispatch = {**pickle._Unpickler.dispatch, **{op[0]: _refuse_opcode for op in _REFUSED_OPCODES}}
 
     def __init__(self, file, describe_storage: Callable[[tuple], _StorageRef]):
         super().__init__(file)
