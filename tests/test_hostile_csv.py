@@ -223,3 +223,24 @@ def test_the_real_300mb_csv_still_reads_in_bounded_memory(tmp_path, fer_public_p
     assert result["returncode"] == 0, stderr
     # The whole file is 271 MB of text; its parsed images are 74 MB.
     assert result["peak_rss"] < 700_000_000, result
+
+
+# ---------------------------------------------------------------------------- image folders
+
+def test_a_huge_file_in_an_image_folder_is_a_bad_row_never_read(tmp_path):
+    from PIL import Image
+
+    from fer_jax.data import readers
+
+    for index, name in enumerate(("a.png", "b.png")):
+        folder = tmp_path / "faces" / "train" / "happy"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((48, 48), index * 40, np.uint8)).save(folder / name)
+    huge = tmp_path / "faces" / "train" / "happy" / "huge.png"
+    with open(huge, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.truncate(readers.MAX_IMAGE_BYTES + 1)
+    with pytest.raises(DataError, match=r"huge.png: image file is 64 MiB, larger than the 64 MiB"):
+        read_fer(tmp_path / "faces")
+    data, bad = read_fer_with_report(tmp_path / "faces", skip_bad_rows=True)
+    assert len(data) == 2 and [pathlib.Path(row.source).name for row in bad] == ["huge.png"]

@@ -31,6 +31,8 @@ from fer_jax.errors import DataError
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# A FER2013 face is ~2 KB; a larger file is not read at all (Pillow refuses huge pixel counts).
+MAX_IMAGE_BYTES = 64 << 20
 SPLIT_FOLDERS = ("train", "test")
 
 # Rows parsed per vectorized pass: bounds the working memory (~200 MB) on the full file.
@@ -364,6 +366,12 @@ def _read_image_folder(path: pathlib.Path, root: pathlib.Path,
     for bad in bad_rows:
         digests[_relative(root, bad.source)] = _digest_or_empty(pathlib.Path(bad.source))
     for item in files:
+        size = _file_size(item.path)
+        if size > MAX_IMAGE_BYTES:
+            digests[_relative(root, item.path)] = _digest_or_empty(item.path)
+            bad_rows.append(BadRow(str(item.path), None, f"image file is {size / 2 ** 20:.0f} MiB, larger than "
+                                                         f"the {MAX_IMAGE_BYTES >> 20} MiB an image may be"))
+            continue
         raw = _read_bytes(item.path)
         digests[_relative(root, item.path)] = hashlib.sha256(raw).digest()
         try:
@@ -388,9 +396,16 @@ def _relative(root: pathlib.Path, path: str | pathlib.Path) -> str:
     return pathlib.Path(path).relative_to(root).as_posix()
 
 
+def _file_size(path: pathlib.Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as err:
+        raise DataError(path, f"cannot read: {err.strerror or err}") from None
+
+
 def _digest_or_empty(path: pathlib.Path) -> bytes:
     try:
-        return hashlib.sha256(path.read_bytes()).digest()
+        return bytes.fromhex(file_fingerprint(path))
     except OSError:
         return b""
 
