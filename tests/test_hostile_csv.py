@@ -244,3 +244,32 @@ def test_a_huge_file_in_an_image_folder_is_a_bad_row_never_read(tmp_path):
         read_fer(tmp_path / "faces")
     data, bad = read_fer_with_report(tmp_path / "faces", skip_bad_rows=True)
     assert len(data) == 2 and [pathlib.Path(row.source).name for row in bad] == ["huge.png"]
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims WIDTH x HEIGHT grey pixels, with almost no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_odd_images_are_read_or_named_as_bad_rows(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "faces" / "train" / "sad"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((48, 48), 40000, np.uint16)).save(folder / "sixteen_bit.png")
+    Image.new("RGBA", (48, 48), (10, 20, 30, 0)).save(folder / "rgba.png")
+    Image.new("CMYK", (48, 48), (0, 0, 0, 0)).save(folder / "cmyk.jpg")
+    frames = [Image.new("L", (48, 48), value) for value in (5, 200)]
+    frames[0].save(folder / "animated.png", save_all=True, append_images=frames[1:])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "huge_pixels.png").write_bytes(_png_claiming(20000, 20000))
+    data, bad = read_fer_with_report(tmp_path / "faces", skip_bad_rows=True)
+    assert len(data) == 4 and data.images.dtype == np.uint8
+    reasons = {pathlib.Path(row.source).name: row.reason for row in bad}
+    assert sorted(reasons) == ["empty.png", "huge_pixels.png"], reasons
+    assert "exceeds limit" in reasons["huge_pixels.png"] or "decompression bomb" in reasons["huge_pixels.png"]
