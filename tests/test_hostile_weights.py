@@ -307,7 +307,8 @@ def _crafted_file(rng, path):
     else:
         tc.zip_file(path, tree, {key: data for key, (_, _, data) in storages.items() if rng.random() < 0.95},
                     compress=bool(rng.random() < 0.3), prefix=["archive/", "", "x/y/"][rng.integers(3)],
-                    byteorder=[b"little", b"big", b"\xff" * 40][rng.integers(3)] if rng.random() < 0.2 else b"little")
+                    byteorder=[b"little", b"big", b"\xff" * 40][rng.integers(3)] if rng.random() < 0.2
+                    else b"little")
 
 
 _OPCODE_BYTES = [op.code.encode("latin-1") for op in __import__("pickletools").opcodes]
@@ -402,8 +403,8 @@ def test_a_truncated_converted_folder_is_refused_before_orbax_restores(tmp_path,
 
     shapes = convert.variable_shapes(convert.reference_model("resnet18"))
     rng = np.random.default_rng(0)
-    variables = {c: {path: rng.normal(size=shape).astype(np.float32) for path, shape in convert._flatten(tree).items()}
-                 for c, tree in shapes.items()}
+    variables = {c: {path: rng.normal(size=shape).astype(np.float32)
+                     for path, shape in convert._flatten(tree).items()} for c, tree in shapes.items()}
     variables = {c: convert._unflatten(flat) for c, flat in variables.items()}
     out = convert.save_converted(variables, tmp_path / "converted", "resnet18", "crafted")
     values = [p for p in (out / "variables").rglob("*") if p.is_file() and p.parent.name == "d"]

@@ -71,7 +71,8 @@ def test_a_bad_normalization_is_refused(tmp_path, field, value, expected):
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (lambda meta: meta["config"].update(model="resnet50"), "names model 'resnet50', which this version does not know"),
+    (lambda meta: meta["config"].update(model="resnet50"),
+     "names model 'resnet50', which this version does not know"),
     (lambda meta: meta.update(model="vgg_fer"), "names two models"),
     (lambda meta: meta.update(class_names=["happy", "sad"]), "class names ['happy', 'sad']"),
     (lambda meta: meta.update(image_size=64), "image size 64"),

@@ -8,7 +8,8 @@ Forms (detected from the content, not the name):
 - an image folder ``ROOT/train/<emotion>/*.png|jpg|jpeg`` and ``ROOT/test/<emotion>/*``.
 
 Bad rows raise DataError naming the file and the 1-based line (header = line 1), or,
-with ``skip_bad_rows=True`` (``--skip-bad-rows`` on the command line), are left out and listed in the returned report.
+with ``skip_bad_rows=True`` (``--skip-bad-rows`` on the command line), are left out
+and listed in the returned report.
 """
 from __future__ import annotations
 
@@ -369,8 +370,9 @@ def _read_image_folder(path: pathlib.Path, root: pathlib.Path,
         size = _file_size(item.path)
         if size > MAX_IMAGE_BYTES:
             digests[_relative(root, item.path)] = _digest_or_empty(item.path)
-            bad_rows.append(BadRow(str(item.path), None, f"image file is {size / 2 ** 20:.0f} MiB, larger than "
-                                                         f"the {MAX_IMAGE_BYTES >> 20} MiB an image may be"))
+            reason = (f"image file is {size / 2 ** 20:.0f} MiB, larger than the "
+                      f"{MAX_IMAGE_BYTES >> 20} MiB an image may be")
+            bad_rows.append(BadRow(str(item.path), None, reason))
             continue
         raw = _read_bytes(item.path)
         digests[_relative(root, item.path)] = hashlib.sha256(raw).digest()

@@ -135,7 +135,8 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python unpickler: see the modul
     def find_class(self, module: str, name: str):
         factory = _ALLOWED_GLOBALS.get((module, name))
         if factory is None:
-            raise _Refused(f"refused for safety: it holds a {_shorten(f'{module}.{name}')} object, not only tensors "
+            what = _shorten(f"{module}.{name}")
+            raise _Refused(f"refused for safety: it holds a {what} object, not only tensors "
                            "(a whole pickled model or an optimizer?), and only tensors, dicts and "
                            "plain values are read; save model.state_dict() instead")
         return factory()
