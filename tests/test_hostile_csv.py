@@ -273,3 +273,46 @@ def test_odd_images_are_read_or_named_as_bad_rows(tmp_path):
     reasons = {pathlib.Path(row.source).name: row.reason for row in bad}
     assert sorted(reasons) == ["empty.png", "huge_pixels.png"], reasons
     assert "exceeds limit" in reasons["huge_pixels.png"] or "decompression bomb" in reasons["huge_pixels.png"]
+
+
+# ------------------------------------------------------------------------------- fuzzing
+
+_CSV_NOISE = (b'"', b",", b"\n", b"\r", b"\0", b"\xff\xfe", b"\xef\xbb\xbf", b" ", b"-", b"999", b"\t")
+
+
+def _mutated_csv(rng, valid: bytes) -> bytes:
+    data = bytearray(valid)
+    for _ in range(int(rng.integers(1, 4))):
+        kind, at = rng.integers(4), int(rng.integers(len(data) + 1))
+        if kind == 0 and data:
+            data[min(at, len(data) - 1)] = rng.integers(256)
+        elif kind == 1:
+            data[at:at] = _CSV_NOISE[rng.integers(len(_CSV_NOISE))] * int(rng.integers(1, 4))
+        elif kind == 2:
+            del data[at: at + int(rng.integers(1, 400))]
+        else:
+            data = data[:at]
+    out = bytes(data)
+    if rng.random() < 0.25:
+        out = gzip.compress(out)
+        if rng.random() < 0.5:  # a damaged gzip: cut short, or a flipped byte past the header
+            at = int(rng.integers(10, len(out)))
+            out = out[:at] if rng.random() < 0.5 else out[:at] + bytes([out[at] ^ 0x5A]) + out[at + 1:]
+    return out
+
+
+def test_fuzzed_csv_files_end_in_data_or_a_one_line_refusal(tmp_path):
+    rng = np.random.default_rng(5)
+    valid = ("\n".join(["emotion,pixels,Usage"] + _rows(12)) + "\n").encode()
+    outcomes = {"read": 0, "refused": 0}
+    for i in range(300):
+        path = tmp_path / f"fuzz{i}.csv"
+        path.write_bytes(_mutated_csv(rng, valid))
+        for skip in (False, True):
+            try:
+                read_fer(path, skip_bad_rows=skip)
+                outcomes["read"] += 1
+            except DataError as err:
+                assert "\n" not in str(err) and len(str(err)) < 1000, str(err)
+                outcomes["refused"] += 1
+    assert outcomes["read"] >= 60 and outcomes["refused"] >= 60, outcomes
