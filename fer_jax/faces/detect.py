@@ -129,27 +129,33 @@ class FaceDetector:
         return sorted(kept, key=lambda face: (face.box[0], face.box[1]))
 
     def _measure_upright(self, image: np.ndarray, face: DetectedFace) -> DetectedFace:
-        """The face with the box and eyes MTCNN finds on a levelled patch around it.
+        return measure_upright(self._search, image, face, self.max_side)
 
-        MTCNN's box is upright in the image, so a tilted head gets a box too large for
-        its face (by about 9% at 25 degrees). Searching a patch turned by the eyes' angle
-        gives the box of the levelled face, as on the (mostly upright) FER2013 faces.
-        """
-        cx, cy, w, h = face.centre_box()
-        side = 2.25 * math.sqrt(max(w, 1.0) * max(h, 1.0))  # the FER frame and as much around it
-        size = int(min(max(round(side), 24), self.max_side))
-        matrix = square_to_image(cx, cy, side, face.eye_angle(), size)
-        patch = sample_square(image, matrix, size, gray=False)
-        found = self._search(patch)
-        if not found:
-            return face  # too tilted or too small to find again: keep the first measurement
-        middle = (size - 1) / 2
-        again = min(found, key=lambda f: math.dist(f.centre_box()[:2], (middle, middle)))
-        pcx, pcy, pw, ph = again.centre_box()
-        per_pixel = side / size
-        return dataclasses.replace(
-            face, left_eye=apply(matrix, *again.left_eye), right_eye=apply(matrix, *again.right_eye),
-            upright_box=(*apply(matrix, pcx, pcy), pw * per_pixel, ph * per_pixel))
+
+def measure_upright(search, image: np.ndarray, face: DetectedFace,
+                    max_side: int = MAX_DETECTION_SIDE) -> DetectedFace:
+    """The face with the box and eyes `search` finds on a levelled patch around it.
+
+    search: a detector's single pass, RGB image to faces. Detectors' boxes are upright
+    in the image, so a tilted head gets a box too large for its face (by about 9% at
+    25 degrees, with MTCNN). Searching a patch turned by the eyes' angle gives the box
+    of the levelled face, as on the (mostly upright) FER2013 faces.
+    """
+    cx, cy, w, h = face.centre_box()
+    side = 2.25 * math.sqrt(max(w, 1.0) * max(h, 1.0))  # the FER frame and as much around it
+    size = int(min(max(round(side), 24), max_side))
+    matrix = square_to_image(cx, cy, side, face.eye_angle(), size)
+    patch = sample_square(image, matrix, size, gray=False)
+    found = search(patch)
+    if not found:
+        return face  # too tilted or too small to find again: keep the first measurement
+    middle = (size - 1) / 2
+    again = min(found, key=lambda f: math.dist(f.centre_box()[:2], (middle, middle)))
+    pcx, pcy, pw, ph = again.centre_box()
+    per_pixel = side / size
+    return dataclasses.replace(
+        face, left_eye=apply(matrix, *again.left_eye), right_eye=apply(matrix, *again.right_eye),
+        upright_box=(*apply(matrix, pcx, pcy), pw * per_pixel, ph * per_pixel))
 
 
 def _unscale(scale: float) -> np.ndarray:
