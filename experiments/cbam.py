@@ -19,5 +19,4 @@ def get_config():
     c.augment.scale_range = (0.9, 1.1)
     c.plateau.patience = 3
     c.early_stopping_patience = 8
-    c.wandb.experiment_type = "attention"
     return c

@@ -14,5 +14,4 @@ def get_config():
     c.learning_rate = 1e-3
     c.weight_decay = 1e-4
     c.early_stopping_patience = 7
-    c.wandb.experiment_type = "deeper"
     return c

@@ -18,5 +18,4 @@ def get_config():
     c.ensemble.members = ("cbam", "resnet", "final")
     c.ensemble.weights = (1.0, 0.0, 1.0)
     c.ensemble.tta = "flip_crops"
-    c.wandb.experiment_type = "ensemble"
     return c

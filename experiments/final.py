@@ -41,5 +41,4 @@ def get_config():
     c.label_smoothing = 0.1
     c.plateau.enabled = False
     c.ensemble.tta = "flip_crops"
-    c.wandb.experiment_type = "final"
     return c

@@ -1,6 +1,6 @@
 """resnet_transfer: ResNet-18 fine-tuned from torchvision's ImageNet weights.
 
-Needs the weights (no download here): --set transfer.init_from=resnet18-f37072fd.pth
+Needs the weights (no download here): --set init_from=resnet18-f37072fd.pth
 (or a folder written by `python -m fer_jax.convert`). Without them it trains the same
 network from scratch, a baseline for the cost and the gain of pretraining.
 """
@@ -13,15 +13,13 @@ def get_config():
     c.description = "ResNet-18, ImageNet stem, from torchvision ImageNet weights, 96 px"
     c.model = "resnet18"
     c.model_kwargs.stem = "imagenet"  # the 7x7/2 conv + max-pool the weights were trained with
-    c.transfer.init_from = ""
     c.transfer.gray_to_rgb = "sum"  # 1-channel first conv: a third of the stem's cost of "repeat"
     c.transfer.input_size = 96  # 48 px would leave a 2x2 map after the stride-32 backbone
     c.transfer.imagenet_normalization = True
     c.transfer.freeze = ()
     c.transfer.backbone_lr_scale = 0.1
-    c.transfer.warmup_steps = 450  # about one epoch of FER2013's Training split at batch 64
+    c.warmup_epochs = 1.0  # the learning rate climbs from 0 over the first epoch
     c.learning_rate = 1e-3
     c.weight_decay = 1e-4
     c.early_stopping_patience = 7
-    c.wandb.experiment_type = "transfer"
     return c

@@ -16,5 +16,4 @@ def get_config():
     c.learning_rate = 1e-3
     c.early_stopping_patience = 5
     c.plateau.enabled = False  # the seed used a constant learning rate here
-    c.wandb.experiment_type = "baseline"
     return c

@@ -15,5 +15,4 @@ def get_config():
     c.learning_rate = 5e-4
     c.weight_decay = 1e-4
     c.early_stopping_patience = 7
-    c.wandb.experiment_type = "regularized"
     return c

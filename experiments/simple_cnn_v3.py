@@ -1,4 +1,7 @@
-"""simple_cnn_v3: class-weighted loss AND balanced sampling together, with AdamW.
+"""simple_cnn_v3: the seed's third recipe, on its second network (model simple_cnn_v2).
+
+v3 names the seed study's third simple-CNN experiment, not a third network: the v2
+network (BatchNorm) trained with the class-weighted loss AND balanced sampling together.
 
 Redoes the seed's simple CNN v3, the combination that collapsed: the seed's run fell to
 1.76% validation accuracy, predicting only "disgust". Both corrections at once weight
@@ -11,12 +14,12 @@ from fer_jax.config import base_config
 
 def get_config():
     c = seed_augmentation(base_config())
-    c.description = "weighted loss + balanced sampling (seed: collapsed to 1.76%, only 'disgust')"
+    c.description = ("simple_cnn_v2 network, weighted loss + balanced sampling "
+                     "(seed: collapsed to 1.76%, only 'disgust')")
     c.model = "simple_cnn_v2"
     c.learning_rate = 5e-4
     c.weight_decay = 1e-4
     c.class_weighted_loss = True
     c.balanced_sampling = True
     c.early_stopping_patience = 7
-    c.wandb.experiment_type = "imbalance"
     return c

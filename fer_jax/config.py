@@ -13,6 +13,11 @@ import ml_collections
 
 from fer_jax.errors import UserError
 
+LR_SCHEDULES = ("constant", "cosine")
+EVAL_TTA_MODES = ("none", "flip")
+PARALLEL_MODES = ("jit", "pmap")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
 
 def base_config() -> ml_collections.ConfigDict:
     """Every key an experiment may set, with the defaults of a plain run."""
@@ -30,8 +35,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.2
     c.data.split_seed = 42
     c.data.synthetic_size = 12000
-    # The synthetic set is for trying the system: a run on it is kept short.
-    c.data.synthetic_epochs = 3
     c.data.skip_bad_rows = False
 
     c.augment = ml_collections.ConfigDict(dict(
@@ -56,26 +59,31 @@ def base_config() -> ml_collections.ConfigDict:
     # and checkpoints), summed over resumptions and checked every log_every_steps steps;
     # the epoch it ends in is validated as a partial epoch. 0 = no cap.
     c.budget_minutes = 0.0
-    # The per-step learning rate: "constant", or "cosine" (linear warm-up over
-    # warmup_epochs, then cosine decay to learning_rate * final_lr_fraction at `epochs`).
-    # The plateau factor multiplies either.
+    # The per-step learning rate (engine/optim.py): a linear warm-up from 0 over
+    # warmup_epochs, then "constant", or "cosine" (decay to learning_rate *
+    # final_lr_fraction at `epochs`). The plateau factor multiplies either, and
+    # transfer.backbone_lr_scale the pretrained layers' rate.
     c.lr_schedule = "constant"
     c.warmup_epochs = 0.0
     c.final_lr_fraction = 0.0
 
     # optax.contrib.reduce_on_plateau on the validation loss, stepped once per epoch.
-    c.plateau = ml_collections.ConfigDict(dict(
-        enabled=True, factor=0.5, patience=3, cooldown=0, min_scale=1e-3, rtol=1e-4, atol=0.0))
+    c.plateau = ml_collections.ConfigDict(dict(enabled=True, factor=0.5, patience=3, min_scale=1e-3))
     c.early_stopping_patience = 0  # epochs without a better validation accuracy; 0 disables
 
-    # A fer_jax checkpoint (a run's workdir or a step folder) of the same model whose params
-    # and batch_stats start this run (a second training stage); empty: fresh weights.
+    # The weights this run starts from; empty: fresh ones. Either a fer_jax run (its
+    # workdir or a step folder) of the same network: a second training stage; or ImageNet
+    # weights (a torchvision .pth file, or a folder written by `python -m fer_jax.convert`):
+    # fine-tuning, under the `transfer` settings.
     c.init_from = ""
 
-    # Fine-tuning from converted ImageNet weights (fer_jax.transfer); empty init_from: none.
+    # Fine-tuning from ImageNet weights (fer_jax.transfer), whose torchvision architecture
+    # is the model's name. input_size: the side the faces are resized to inside the
+    # network; freeze: parts kept as pretrained; backbone_lr_scale: the pretrained
+    # layers' share of the learning rate.
     c.transfer = ml_collections.ConfigDict(dict(
-        init_from="", arch="", gray_to_rgb="sum", input_size=48, freeze=(), backbone_lr_scale=0.1,
-        warmup_steps=0, imagenet_normalization=False))
+        gray_to_rgb="sum", input_size=48, freeze=(), backbone_lr_scale=0.1,
+        imagenet_normalization=False))
 
     # An ensemble experiment names member experiments: each is trained in turn (resuming
     # any already trained) under WORKDIR/members/NAME, then all are evaluated together.
@@ -83,18 +91,68 @@ def base_config() -> ml_collections.ConfigDict:
     # one starts from without averaging it in.
     c.ensemble = ml_collections.ConfigDict(dict(members=(), tta="flip", weights=()))
 
-    c.checkpoint = ml_collections.ConfigDict(dict(keep_latest=2, every_steps=500))
+    # The training loss is logged, checked to be finite, and the budget checked, every
+    # this many steps.
     c.log_every_steps = 20
     c.parallel = "jit"  # "jit" (jit + shard_map over a mesh) or "pmap"
-    # On a CPU, the cores are exposed as this many devices for data parallelism within
-    # the process (0: the largest power of two up to the cores, at most 8; 1: one device
-    # on all cores). Set by the commands before jax starts; ignored if XLA_FLAGS sets it.
-    c.cpu_devices = 0
-
-    c.wandb = ml_collections.ConfigDict(dict(
-        mode="offline", project="facial-expression-recognition", experiment_type="baseline",
-        num_sample_predictions=32))
+    # Convolution kernels (fer_jax.kernels): "auto" (oneDNN's on x86-64 Linux CPUs where
+    # they build and load, else XLA's), "onednn" (or fail saying why) or "xla".
+    c.kernels = "auto"
+    # How a run uses this machine (CPU devices, checkpoint cadence, W&B) is not part of
+    # the experiment: those are flags of the train and study commands.
     return c
+
+
+def _check(ok: bool, key: str, wanted: str, value) -> None:
+    if not ok:
+        raise UserError(f"{key} must be {wanted}, got {value!r}")
+
+
+def _whole(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _choice(config, key: str, choices: tuple) -> None:
+    value = config[key]
+    _check(value in choices, key, f"one of {', '.join(choices)}", value)
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """CONFIG, or UserError naming the first key whose value cannot work.
+
+    The training keys are checked here, before any data or model is loaded; the data
+    keys by the data source, the model name and model_kwargs by the model registry, and
+    the fine-tuning choices by fer_jax.transfer.finetune.check_transfer_config."""
+    _choice(config, "lr_schedule", LR_SCHEDULES)
+    _choice(config, "eval_tta", EVAL_TTA_MODES)
+    _choice(config, "parallel", PARALLEL_MODES)
+    _choice(config, "compute_dtype", COMPUTE_DTYPES)
+    for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_train_steps", 0),
+                     ("log_every_steps", 1), ("early_stopping_patience", 0), ("seed", 0)):
+        _check(_whole(config[key], low), key, f"a whole number >= {low}", config[key])
+    for key in ("learning_rate", "weight_decay", "grad_clip_norm", "budget_minutes", "warmup_epochs"):
+        _check(_number(config[key]) and config[key] >= 0, key, "a number >= 0", config[key])
+    _check(_number(config.final_lr_fraction) and 0 <= config.final_lr_fraction <= 1,
+           "final_lr_fraction", "a number in [0, 1]", config.final_lr_fraction)
+    _check(_number(config.label_smoothing) and 0 <= config.label_smoothing < 1,
+           "label_smoothing", "a number in [0, 1)", config.label_smoothing)
+    p = config.plateau
+    _check(_number(p.factor) and 0 < p.factor < 1, "plateau.factor", "a number in (0, 1)", p.factor)
+    _check(_whole(p.patience, 0), "plateau.patience", "a whole number >= 0", p.patience)
+    _check(_number(p.min_scale) and 0 < p.min_scale <= 1, "plateau.min_scale", "a number in (0, 1]",
+           p.min_scale)
+    t = config.transfer
+    _check(_number(t.backbone_lr_scale) and t.backbone_lr_scale >= 0, "transfer.backbone_lr_scale",
+           "a number >= 0", t.backbone_lr_scale)
+    _check(_whole(t.input_size, 0), "transfer.input_size", "a whole number >= 0", t.input_size)
+    if t.freeze and not config.init_from:
+        raise UserError("transfer.freeze is set but init_from is empty: there are no pretrained "
+                        "weights to keep frozen")
+    return config
 
 
 def default_workdir(experiment: str) -> str:

@@ -11,7 +11,11 @@ from typing import Callable, Sequence
 
 
 class UserError(Exception):
-    """A problem with what the user gave us; the message says what to fix."""
+    """A problem with what the user gave us; the message says what to fix.
+
+    exit_status: the command's exit status (2; a run stopped by a signal uses the
+    shell's 128 + signal number instead)."""
+    exit_status = 2
 
 
 class DataError(UserError):
@@ -35,7 +39,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None],
         status = main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(getattr(err, "exit_status", EXIT_USER_ERROR))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -19,6 +19,7 @@ import sys
 import time
 
 from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices
+from fer_jax.engine.run_options import add_run_flags, run_options
 from fer_jax.errors import UserError, run_cli
 
 # The seed study's own figures (its stratified 80/20 split of Training), for the table.
@@ -154,6 +155,7 @@ def parse_args(argv):
     parser.add_argument("--clock", default="train", choices=tuple(CLOCKS),
                         help="curves.png's time axis: train (the budget's clock, default) or wall "
                              "(since the run started, compilation and evaluation included)")
+    add_run_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -171,12 +173,8 @@ def main(argv=None) -> int:
             f"budget_minutes={args.budget_minutes}", f"data.split_scheme={args.split}"])
         if config.ensemble.members:
             raise UserError(f"{name} is an ensemble; train it with python -m fer_jax.train")
-        configs[name] = config
-    if len({c.cpu_devices for c in configs.values()}) > 1:
-        raise UserError("the experiments set different cpu_devices; a study compares like with "
-                        "like: pass --set cpu_devices=N")
-    if configs:
-        split_cpu_into_devices(next(iter(configs.values())).cpu_devices)
+        configs[name] = config_lib.validate(config)
+    split_cpu_into_devices(args.cpu_devices)
     from fer_jax.data.source import prepare_data
     from fer_jax.engine.trainer import train_and_evaluate
     root = pathlib.Path(args.root) / args.split
@@ -197,7 +195,7 @@ def main(argv=None) -> int:
         wall_path = workdir / WALL_FILE
         start = time.time()
         try:
-            train_and_evaluate(config, workdir, prepared=prepared, progress=not args.no_progress)
+            train_and_evaluate(config, workdir, prepared=prepared, options=run_options(args))
         finally:
             before = json.loads(wall_path.read_text())["seconds"] if wall_path.exists() else 0.0
             workdir.mkdir(parents=True, exist_ok=True)

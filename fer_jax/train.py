@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from fer_jax.cli_common import quiet_tensorflow, split_cpu_into_devices
+from fer_jax.engine.run_options import add_run_flags, run_options
 from fer_jax.errors import run_cli
 
 
@@ -20,6 +21,7 @@ def parse_args(argv):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (repeatable), e.g. --set epochs=5")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_flags(parser)
     parser.add_argument("--coordinator", default=None,
                         help="multi-host: coordinator address host:port for jax.distributed")
     parser.add_argument("--num-processes", type=int, default=None)
@@ -33,7 +35,7 @@ def main(argv=None) -> int:
     from fer_jax import config as config_lib
 
     config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), args.overrides)
-    split_cpu_into_devices(config.cpu_devices)
+    split_cpu_into_devices(args.cpu_devices)
     from fer_jax.engine import parallel
 
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -42,13 +44,13 @@ def main(argv=None) -> int:
     if config.ensemble.members:
         from fer_jax.engine.ensemble_training import train_ensemble
         summary = train_ensemble(config, workdir, overrides=args.overrides, data_path=args.data,
-                                 progress=not args.no_progress)
+                                 options=run_options(args))
         print(f"ensemble validation accuracy: {summary['best_val_accuracy']:.4f} "
               f"({len(summary['members'])} members, tta={summary['tta']})")
         print(f"member checkpoints: {summary['best_checkpoint']}")
         return 0
     from fer_jax.engine.trainer import train_and_evaluate
-    summary = train_and_evaluate(config, workdir, data_path=args.data, progress=not args.no_progress)
+    summary = train_and_evaluate(config, workdir, data_path=args.data, options=run_options(args))
     if summary["best_val_accuracy"] is not None:
         print(f"best validation accuracy: {summary['best_val_accuracy']:.4f} "
               f"(epoch {summary['best_epoch']})")

@@ -17,7 +17,15 @@ SHARED_PUBLIC = SHARED_FER_DIR / "fer2013_public.csv.gz"
 
 # TensorFlow must never grab memory or threads that tests do not ask for.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("WANDB_MODE", "disabled")
+
+# The caller's environment must not change what a test does: W&B settings (WANDB_MODE
+# wins over the command's --wandb flag) and the data-set path the data source reads.
+# Cleared here, before any fixture runs, so session fixtures and subprocesses see the
+# same; a test that needs W&B sets WANDB_MODE itself.
+for _name in list(os.environ):
+    if _name.startswith("WANDB_") or _name == "FER2013_PATH":
+        del os.environ[_name]
+os.environ["WANDB_MODE"] = "disabled"
 
 
 def write_kaggle_csv(path: pathlib.Path, images: np.ndarray, labels: np.ndarray,
@@ -82,6 +90,7 @@ def tiny_checkpoint(tmp_path_factory, data_path, experiment: str, model_kwargs: 
     """A run of two training steps, trained once per session (test_visualize.py and test_ensemble.py share them)."""
     from fer_jax.config import load_experiment
     from fer_jax.data.source import prepare_data
+    from fer_jax.engine.run_options import RunOptions
     from fer_jax.engine.trainer import train_and_evaluate
 
     workdir = tmp_path_factory.getbasetemp() / f"fer_jax_tiny_{experiment}"
@@ -89,9 +98,9 @@ def tiny_checkpoint(tmp_path_factory, data_path, experiment: str, model_kwargs: 
         config = load_experiment(experiment)
         config.max_train_steps = 2
         config.batch_size = 32
-        config.wandb.mode = "disabled"
         config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
-        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(data_path)), progress=False)
+        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(data_path)),
+                           options=RunOptions(wandb_mode="disabled", progress=False))
     return workdir
 
 

@@ -38,7 +38,7 @@ def test_the_train_command_uses_the_configured_cpu_devices(fer_sample_path, tmp_
                "--set", "max_train_steps=2", "--set", "batch_size=32",
                "--set", "model_kwargs.widths=(8,16)", "--set", "model_kwargs.dense_width=16"]
     if setting:
-        command += ["--set", f"cpu_devices={setting}"]
+        command += ["--cpu-devices", setting]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     devices = json.loads((tmp_path / "summary.json").read_text())["devices"]

@@ -91,8 +91,9 @@ def test_plateau_scales_the_update_and_steps_only_per_epoch():
     stepped, _ = runner.train(state, _batch(), jax.random.PRNGKey(0))
     delta_full = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), runner.to_host(stepped).params, before)
     # Two epochs without improvement halve the scale; train steps do not move it.
-    plateau_state = optim.plateau_step(config, host_state.plateau_state, 1.0)
-    plateau_state = optim.plateau_step(config, plateau_state, 1.5)
+    optimizer = optim.build_optimizer(config)
+    plateau_state = optimizer.plateau_step(host_state.plateau_state, 1.0)
+    plateau_state = optimizer.plateau_step(plateau_state, 1.5)
     assert float(plateau_state.scale) == pytest.approx(0.5)
     halved = runner.to_devices(host_state.replace(plateau_state=plateau_state))
     stepped_half, metrics = runner.train(halved, _batch(), jax.random.PRNGKey(0))
@@ -105,9 +106,10 @@ def test_plateau_scales_the_update_and_steps_only_per_epoch():
 def test_disabled_plateau_never_changes_the_scale():
     config = _config()
     config.plateau.enabled = False
-    state = optim.make_plateau(config).init({})
+    optimizer = optim.build_optimizer(config)
+    state = optimizer.plateau.init({})
     for value in (1.0, 2.0, 3.0, 4.0, 5.0):
-        state = optim.plateau_step(config, state, value)
+        state = optimizer.plateau_step(state, value)
     assert float(state.scale) == 1.0
 
 
@@ -177,6 +179,7 @@ def test_every_experiment_has_the_required_keys_and_builds_its_model():
         for key in ("epochs", "batch_size", "learning_rate", "seed", "max_train_steps"):
             assert key in config, (name, key)
         assert config.experiment == name
+        config_lib.validate(config)
         build_model(config)  # the model name and its kwargs are valid
 
 
@@ -227,3 +230,65 @@ def test_flip_tta_loss_stays_finite_when_each_view_is_certain_of_another_class()
     loss = float(sums["loss_sum"][0])
     assert np.isfinite(loss)
     assert loss == pytest.approx(np.log(2.0) + 1e4, abs=0.05)
+
+
+def test_fine_tuning_groups_follow_the_runs_one_schedule():
+    """Head, backbone (transfer.backbone_lr_scale) and frozen parts are labels of one
+    optimizer, all under lr_schedule with warmup_epochs: Adam's step on a constant
+    gradient is about its learning rate, so each group's update traces the schedule."""
+    config = _config(learning_rate=1e-2, lr_schedule="cosine", warmup_epochs=1.0, epochs=2,
+                     final_lr_fraction=0.0, weight_decay=0.0)
+    config.transfer.backbone_lr_scale = 0.1
+    params = {"stem": {"kernel": jnp.ones(3)}, "stage1": {"kernel": jnp.ones(3)},
+              "logits": {"kernel": jnp.ones(3)}}
+    labels = {"stem": {"kernel": optim.FROZEN}, "stage1": {"kernel": optim.BACKBONE},
+              "logits": {"kernel": optim.HEAD}}
+    optimizer = optim.build_optimizer(config, steps_per_epoch=4, labels=labels)
+    state = optimizer.tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for step in range(8):
+        updates, state = optimizer.tx.update(grads, state, params)
+        rate = float(optimizer.learning_rate(step))
+        assert float(jnp.abs(updates["logits"]["kernel"][0])) == pytest.approx(rate, rel=1e-3, abs=1e-9)
+        assert float(jnp.abs(updates["stage1"]["kernel"][0])) == pytest.approx(0.1 * rate, rel=1e-3, abs=1e-9)
+        assert float(jnp.abs(updates["stem"]["kernel"][0])) == 0.0
+    assert float(optimizer.learning_rate(0)) == 0.0 and float(optimizer.learning_rate(4)) == pytest.approx(1e-2)
+
+
+def test_a_constant_schedule_warms_up_too():
+    config = _config(learning_rate=1e-2, warmup_epochs=1.0, epochs=3)
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=4)
+    values = [float(schedule(i)) for i in range(10)]
+    assert values[0] == 0.0 and values[2] == pytest.approx(5e-3) and values[4:] == [pytest.approx(1e-2)] * 6
+
+
+def test_the_train_step_reports_the_learning_rate_it_used():
+    config = _config(learning_rate=1e-2, lr_schedule="cosine", epochs=1)
+    model = build_model(config, bn_axis_name=DATA_AXIS)
+    optimizer = optim.build_optimizer(config, steps_per_epoch=10)
+    state = init_state(config, model, optimizer.tx, optimizer.plateau)
+    state = state.replace(plateau_state=state.plateau_state._replace(scale=jnp.asarray(0.5)))
+    train_fn, eval_fn = make_step_fns(model.apply, optimizer.tx, None, 0.0,
+                                      learning_rate_fn=optimizer.learning_rate)
+    runner = StepRunner(train_fn, eval_fn, "jit")
+    device_state = runner.to_devices(state)
+    for step in range(3):
+        device_state, metrics = runner.train(device_state, _batch(seed=step), jax.random.PRNGKey(0))
+        expected = 0.5 * float(optimizer.learning_rate(step))
+        assert float(runner.to_host(metrics)["learning_rate"]) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("final_lr_fraction=1.5", "final_lr_fraction must be a number in [0, 1], got 1.5"),
+    ("plateau.factor=2.0", "plateau.factor must be a number in (0, 1), got 2.0"),
+    ("batch_size=0", "batch_size must be a whole number >= 1, got 0"),
+    ("parallel=threads", "parallel must be one of jit, pmap, got 'threads'"),
+    ("warmup_epochs=-1", "warmup_epochs must be a number >= 0, got -1.0"),
+    ("transfer.freeze=('stem',)", "transfer.freeze is set but init_from is empty"),
+])
+def test_the_config_is_validated_once_with_errors_naming_the_key(override, message):
+    config = config_lib.apply_overrides(config_lib.load_experiment("cbam"), [override])
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        config_lib.validate(config)
+    config_lib.validate(config_lib.load_experiment("cbam"))

@@ -21,7 +21,12 @@ def _run(args, devices: int, timeout=240):
 
 
 def _finish(proc, timeout=240):
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a hung process must not outlive its test
+        out, _ = proc.communicate()
+        pytest.fail(f"no exit within {timeout} s: {out[-3000:]}")
     assert proc.returncode == 0, out[-3000:]
 
 
@@ -67,12 +72,14 @@ def test_two_processes_match_one(single_device, tmp_path):
 
 def _train_command(workdir, data, extra=()):
     return [sys.executable, "-m", "fer_jax.train", "--experiment=simple_cnn_v1", f"--data={data}",
-            f"--workdir={workdir}", "--no-progress", "--set", "max_train_steps=8", "--set",
-            "checkpoint.every_steps=5", "--set", "wandb.mode=disabled", *extra]
+            f"--workdir={workdir}", "--no-progress", "--set", "max_train_steps=8",
+            "--checkpoint-every", "5", *extra]
 
 
 def test_train_command_on_two_hosts_matches_one_host(fer_sample_path, tmp_path):
-    """The whole command (data shards, checkpoints from every process) across 2 processes."""
+    """The whole command (data shards, checkpoints from every process) across 2 processes,
+    with W&B logging offline (the default) on process 0: the final report restores the best
+    checkpoint, which every process must join."""
     import json
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
@@ -81,10 +88,12 @@ def test_train_command_on_two_hosts_matches_one_host(fer_sample_path, tmp_path):
     procs = [subprocess.Popen(_train_command(tmp_path / "multi", fer_sample_path,
                                              ["--coordinator", address, "--num-processes", "2",
                                               "--process-id", str(pid)]),
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=dict(env, WANDB_MODE="offline"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for pid in range(2)]
     for proc in procs:
         _finish(proc, timeout=400)
+    assert len(list((tmp_path / "multi" / "wandb").glob("offline-run-*"))) == 1
     single = subprocess.run(_train_command(tmp_path / "single", fer_sample_path),
                             env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
                             capture_output=True, text=True, timeout=400)

@@ -211,21 +211,20 @@ def test_measure_throughput_reports_images_per_second():
     assert result["images_per_s"] > 0
 
 
-def test_release_in_background_drops_the_iterator_on_a_helper_thread():
-    import threading
-
-    dropped_on = []
-
-    class Iterator:
-        def __del__(self):
-            dropped_on.append(threading.current_thread().name)
-
-    holder = [Iterator()]
-    thread = pipeline.release_in_background(holder)
-    thread.join(timeout=10)
-    assert holder == [] and dropped_on == ["release-input-iterator"]
-    with pytest.raises(ValueError, match="exactly one"):
-        pipeline.release_in_background([])
+def test_one_stream_over_several_epochs_is_those_epochs_in_turn():
+    """A run reads one iterator: epochs 1-2 from batch 2 of epoch 1 are the per-epoch streams."""
+    images, labels = make_data(64)
+    common = dict(global_batch_size=16, seed=3, augment=AugmentConfig(hflip_prob=0.5, rotation_deg=10.0),
+                  balanced=True, norm=NORM)
+    stream = list(pipeline.train_batches(images, labels, epoch=1, start_batch=2, epochs=2, **common))
+    apart = (list(pipeline.train_batches(images, labels, epoch=1, start_batch=2, **common))
+             + list(pipeline.train_batches(images, labels, epoch=2, **common)))
+    assert len(stream) == len(apart) == 2 + 4
+    for a, b in zip(stream, apart):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+    with pytest.raises(UserError, match="epochs must be a whole number >= 1"):
+        pipeline.train_dataset(images, labels, epoch=0, epochs=0, **common)
 
 
 def test_training_stream_runs_without_tf_data_autotuning():

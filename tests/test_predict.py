@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,14 +19,13 @@ from fer_jax.data.readers import read_fer
 from fer_jax.data.source import prepare_data
 from fer_jax.data.types import CLASS_NAMES
 from fer_jax.engine.trainer import train_and_evaluate
-from fer_jax.errors import UserError
+from fer_jax.errors import UserError, run_cli
 from fer_jax.faces.align import align_face, whole_image_face
 from fer_jax.predict import main
 
 skimage_data = pytest.importorskip("skimage.data")
 av = pytest.importorskip("av")
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
 JSON_KEYS = ["file", "frame", "box", "label", "probabilities", "detection_confidence"]
 
 
@@ -41,7 +38,6 @@ def checkpoint(fer_sample_path, tmp_path_factory) -> pathlib.Path:
     config = config_lib.load_experiment("simple_cnn_v1")
     config.max_train_steps = 3
     config.batch_size = 32
-    config.wandb.mode = "disabled"
     workdir = tmp_path_factory.mktemp("tiny_run")
     train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(fer_sample_path)), progress=False)
     return workdir
@@ -106,7 +102,7 @@ def test_api_finds_and_classifies_faces(predictor):
     face = found[0][0]
     x, y, w, h = face.box
     assert 170 < x < 195 and 50 < y < 80 and x + w <= 512 and y + h <= 512
-    assert face.detection_confidence > 0.99
+    assert face.detection_confidence > 0.9  # BlazeFace's (the default detector's); MTCNN's is above 0.99
     assert face.label == max(face.probabilities, key=face.probabilities.get)
     # The crop is the aligned face, and its probabilities are the classifier's on it.
     detected = predictor.detector.detect(astronaut)[0]
@@ -201,20 +197,19 @@ def test_every_input_with_a_face_gives_status_0(capsys, checkpoint, photos, vide
     assert "0 input(s) with problems" in err
 
 
-def test_bad_inputs_are_named_and_the_rest_processed(checkpoint, photos, tmp_path):
+def test_bad_inputs_are_named_and_the_rest_processed(capsys, checkpoint, photos, tmp_path):
     (tmp_path / "notes.txt").write_text("not a picture")
     data = (photos / "astronaut.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "broken.mp4").write_bytes(b"\0\0\0\x18ftypmp42" + os.urandom(2000))
     paths = [tmp_path / "notes.txt", tmp_path / "cut.png", tmp_path / "broken.mp4", tmp_path / "gone.jpg",
              photos / "coffee.png", photos / "astronaut.png"]
-    done = subprocess.run([sys.executable, "-m", "fer_jax.predict", *map(str, paths), "--json",
-                           "--checkpoint", str(checkpoint)], env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr
-    records = [json.loads(line) for line in done.stdout.splitlines()]
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [*map(str, paths), "--json", "--checkpoint", str(checkpoint)])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 1, err
+    records = [json.loads(line) for line in out.splitlines()]
     assert [r["file"] for r in records] == [str(photos / "astronaut.png")]
-    err = done.stderr
-    assert "Traceback" not in err
     assert f"error: {tmp_path / 'notes.txt'}: not an image that Pillow can read" in err
     assert f"error: {tmp_path / 'cut.png'}: corrupt or truncated image" in err
     assert f"error: {tmp_path / 'broken.mp4'}: unreadable video" in err

@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a torchvision ImageNet state dict (torch.save file, e.g. "
                     "resnet18-f37072fd.pth) to this project's Flax layout and write it as an "
                     "Orbax checkpoint. PyTorch is not needed. Train from it with "
-                    "--set transfer.init_from=DIR (or give the .pth file there directly).")
+                    "--set init_from=DIR (or give the .pth file there directly).")
     parser.add_argument("path", help="the .pth state dict")
     parser.add_argument("--arch", required=True, choices=convert.ARCHITECTURES,
                         help="the architecture the weights are for")
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     out_dir = convert.save_converted(variables, args.out, args.arch, args.path)
     count = convert.num_values(variables)
     print(f"{args.arch}: {count / 1e6:.1f}M values from {args.path} written to {out_dir}")
-    print(f"train from it with: --set transfer.init_from={out_dir}")
+    print(f"train from it with: --set init_from={out_dir}")
     return 0
 
 

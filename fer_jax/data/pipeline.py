@@ -10,7 +10,6 @@ P gets rows [p*B/P, (p+1)*B/P) of every global batch.
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Iterator, Mapping
 
@@ -216,8 +215,10 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: 
                   epoch: int, augment: AugmentConfig, balanced: bool, norm: Mapping[str, float],
                   start_batch: int = 0, process_index: int = 0, process_count: int = 1,
                   num_parallel_calls: int | None = None, threads: int | None = None,
-                  prefetch: int | None = None) -> tf.data.Dataset:
-    """This process's share of batches start_batch, start_batch+1, ... of one epoch.
+                  prefetch: int | None = None, epochs: int = 1) -> tf.data.Dataset:
+    """This process's share of batches start_batch, start_batch+1, ... of epoch EPOCH, and
+    then of every batch of the EPOCHS - 1 epochs after it, in order: a training run reads
+    one stream (dropping a tf.data iterator joins its threads, so one per run, not per epoch).
 
     Elements are {"image": float32 (b, 48, 48, 1) normalized, "label": int32 (b,)}, with
     b = global_batch_size / process_count. Arguments are checked before returning.
@@ -237,43 +238,32 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: 
                         f"training examples: no full batch")
     if isinstance(start_batch, bool) or not 0 <= start_batch <= steps:
         raise UserError(f"start_batch must be in [0, {steps}], got {start_batch!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise UserError(f"epochs must be a whole number >= 1, got {epochs!r}")
 
-    order = epoch_order(labels, seed=seed, epoch=epoch, balanced=balanced)
-    rows = order[: steps * global_batch_size].reshape(steps, global_batch_size)[start_batch:, lo:hi]
-    batch_index = np.arange(start_batch, steps, dtype=np.int64)
-    key = tf.constant(_augment_key(seed, epoch))
+    which = range(epoch, epoch + int(epochs))
+    rows = np.concatenate([epoch_order(labels, seed=seed, epoch=e, balanced=balanced)
+                           [: steps * global_batch_size].reshape(steps, global_batch_size)
+                           for e in which])[start_batch:, lo:hi]
+    flat_index = np.arange(start_batch, steps * len(which), dtype=np.int64)
+    # Each batch's augmentation key: its epoch's key with its index in the epoch folded in.
+    epoch_keys = tf.constant(np.stack([_augment_key(seed, e) for e in which]))
     all_images = tf.constant(images)
     all_labels = tf.constant(labels.astype(np.int32))
 
-    def make_batch(index: tf.Tensor, take: tf.Tensor) -> dict:
+    def make_batch(epoch_offset: tf.Tensor, index: tf.Tensor, take: tf.Tensor) -> dict:
+        key = tf.random.experimental.stateless_fold_in(tf.gather(epoch_keys, epoch_offset), index)
         x = tf.cast(tf.gather(all_images, take), tf.float32)[..., None] * (1.0 / 255.0)
-        x = augment_batch(x, tf.random.experimental.stateless_fold_in(key, index), augment,
-                          erase_value=mean, global_batch_size=global_batch_size, row_offset=lo)
+        x = augment_batch(x, key, augment, erase_value=mean, global_batch_size=global_batch_size,
+                          row_offset=lo)
         return {"image": (x - mean) / std, "label": tf.gather(all_labels, take)}
 
     parallel = usable_cores() if num_parallel_calls is None else num_parallel_calls
-    dataset = (tf.data.Dataset.from_tensor_slices((batch_index, rows))
+    dataset = (tf.data.Dataset.from_tensor_slices((flat_index // steps, flat_index % steps, rows))
                .map(make_batch, num_parallel_calls=parallel, deterministic=True)
                .prefetch(DEFAULT_PREFETCH_BATCHES if prefetch is None else prefetch)
                .with_options(_dataset_options(threads)))
     return dataset
-
-
-def release_in_background(holder: list) -> threading.Thread:
-    """Empties HOLDER, a one-element list with the only reference to a train_batches
-    iterator, on a helper thread, which it returns (join it before the process ends).
-
-    Destroying an iterator joins tf.data's threads: 0.3 s on the 2-core machine with the
-    training step running beside it (12-15 s in most epochs while tf.data's autotuning
-    was on, see _dataset_options). On a helper thread the training loop goes
-    on meanwhile. The caller drops its own references first, so that the last one goes
-    on the helper thread.
-    """
-    if len(holder) != 1:
-        raise ValueError(f"holder must hold exactly one iterator, got {len(holder)} items")
-    thread = threading.Thread(target=holder.clear, name="release-input-iterator", daemon=True)
-    thread.start()
-    return thread
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, *, global_batch_size: int,

@@ -10,9 +10,12 @@ of its own. Saves are asynchronous; `wait` must be called before exit or restore
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import pathlib
-from typing import Any
+import shutil
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -49,13 +52,59 @@ def _to_numpy(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
+class DiskFull(UserError):
+    """A checkpoint could not be written for lack of space; the complete ones are kept."""
+
+
+# Orbax writes a step under this infix and renames it when the step is complete.
+_TMP_INFIX = ".orbax-checkpoint-tmp"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC, raised directly or wrapped (TensorStore reports RESOURCE_EXHAUSTED)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(err)
+        if "No space left on device" in text or "RESOURCE_EXHAUSTED" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def complete_steps(directory: pathlib.Path) -> list[int]:
+    """The steps whose folders Orbax has finished (renamed from their temporary name)."""
+    return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit() and p.is_dir())
+
+
 class RunCheckpoints:
     """The checkpoints of one run under WORKDIR/checkpoints/{latest,best}."""
 
     def __init__(self, workdir: str | pathlib.Path, keep_latest: int = 2):
-        root = pathlib.Path(workdir).absolute() / "checkpoints"
-        self.latest = _manager(root / LATEST, max_to_keep=keep_latest, best=False)
-        self.best = _manager(root / BEST, max_to_keep=1, best=True)
+        self.root = pathlib.Path(workdir).absolute() / "checkpoints"
+        with self._disk_guard():
+            self.latest = _manager(self.root / LATEST, max_to_keep=keep_latest, best=False)
+            self.best = _manager(self.root / BEST, max_to_keep=1, best=True)
+
+    @contextlib.contextmanager
+    def _disk_guard(self) -> Iterator[None]:
+        """A full disk becomes DiskFull, once Orbax's unfinished folders are removed."""
+        try:
+            yield
+        except Exception as err:
+            if not is_disk_full(err):
+                raise
+            for manager in (getattr(self, "latest", None), getattr(self, "best", None)):
+                with contextlib.suppress(Exception):  # the failed save may raise again here
+                    manager.wait_until_finished()
+            for tmp in sorted(self.root.rglob(f"*{_TMP_INFIX}*")):
+                shutil.rmtree(tmp, ignore_errors=True)
+            steps = complete_steps(self.root / LATEST)
+            last = f"step {steps[-1]}" if steps else "none (nothing to resume yet)"
+            raise DiskFull(f"disk full in {self.root}, the last complete checkpoint is {last}, "
+                           "free space and rerun to resume") from None
 
     @staticmethod
     def _args(variables, train, meta):
@@ -68,11 +117,13 @@ class RunCheckpoints:
         return ocp.args.Composite(**items)
 
     def save_latest(self, step: int, variables, train, meta: dict) -> None:
-        self.latest.save(step, args=self._args(variables, train, meta), force=True)
+        with self._disk_guard():
+            self.latest.save(step, args=self._args(variables, train, meta), force=True)
 
     def save_best(self, step: int, variables, meta: dict, val_accuracy: float) -> None:
-        self.best.save(step, args=self._args(variables, None, meta),
-                       metrics={"val_accuracy": float(val_accuracy)}, force=True)
+        with self._disk_guard():
+            self.best.save(step, args=self._args(variables, None, meta),
+                           metrics={"val_accuracy": float(val_accuracy)}, force=True)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -96,13 +147,17 @@ class RunCheckpoints:
         return restored["variables"], restored["train"], dict(restored["meta"])
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._disk_guard():
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
 
     def close(self) -> None:
-        self.wait()
-        self.latest.close()
-        self.best.close()
+        try:
+            self.wait()
+        finally:
+            with self._disk_guard():
+                self.latest.close()
+                self.best.close()
 
 
 def _is_step_dir(path: pathlib.Path) -> bool:

@@ -44,7 +44,7 @@ def _weights(config) -> list[float] | None:
 
 
 def train_ensemble(config, workdir: str | pathlib.Path, *, overrides: list[str],
-                   data_path: str | None = None, progress: bool = True) -> dict:
+                   data_path: str | None = None, progress: bool = True, options=None) -> dict:
     """Trains (or resumes) every member under WORKDIR/members/NAME, then evaluates the
     ensemble on the validation split; returns and writes WORKDIR/summary.json."""
     workdir = pathlib.Path(workdir)
@@ -58,7 +58,7 @@ def train_ensemble(config, workdir: str | pathlib.Path, *, overrides: list[str],
         _start_from_member(member, name, members, workdir)
         prepared = prepared or prepare_data(member.data, data_path)
         summary = train_and_evaluate(member, workdir / "members" / name, prepared=prepared,
-                                     progress=progress)
+                                     progress=progress, options=options)
         checkpoints.append(summary["best_checkpoint"])
     validation = prepared.splits.validation
     result = evaluate_ensemble(checkpoints, validation.images, validation.labels,

@@ -1,67 +1,111 @@
-"""AdamW, stepped every batch, scaled by a reduce-on-plateau factor stepped once per epoch.
+"""The optimizer of every run: one learning-rate schedule, AdamW per parameter group, a plateau factor.
 
-Flax's TrainState.apply_gradients cannot pass the `value` that
-optax.contrib.reduce_on_plateau needs, and chaining the plateau into the per-step
-optimizer would count its patience in update calls. So the two are kept apart:
-the plateau's state only changes in `plateau_step`, once per epoch, on the
-validation loss; each train step multiplies AdamW's update by its current scale.
+The learning rate of a step is
+
+    schedule(step) * group_scale * plateau_scale
+
+- schedule: `lr_schedule` over the run's `epochs` with a linear warm-up over
+  `warmup_epochs` (optax schedules count optimizer updates, which is the train step);
+- group_scale: 1 for a trained-from-scratch run and for the new head of a fine-tuned one,
+  `transfer.backbone_lr_scale` for pretrained layers, 0 for `transfer.freeze` (one
+  optax.multi_transform over those labels);
+- plateau_scale: optax.contrib.reduce_on_plateau on the validation loss, once per epoch.
+
+The plateau is kept out of the per-step chain: Flax-style `apply_gradients` cannot pass
+the `value` it needs, and inside the chain its patience would count updates, not epochs.
+Its state lives in the TrainState; the step multiplies the update by its scale and
+`Optimizer.plateau_step` advances it at the end of an epoch.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from optax import contrib
 
-from fer_jax.errors import UserError
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def check_lr_schedule(name: str) -> str:
-    if name not in LR_SCHEDULES:
-        raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {name!r}")
-    return name
+# Parameter groups: the labels of optax.multi_transform.
+HEAD, BACKBONE, FROZEN = "head", "backbone", "frozen"
+# reduce_on_plateau's settings that no experiment changes.
+_PLATEAU_RTOL, _PLATEAU_ATOL, _PLATEAU_COOLDOWN = 1e-4, 0.0, 0
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule | float:
-    """config.lr_schedule over the run's `epochs` (schedules count optimizer steps)."""
-    name = check_lr_schedule(config.get("lr_schedule", "constant"))
-    if name == "constant":
-        return config.learning_rate
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+    """config.lr_schedule over `epochs * steps_per_epoch` steps, warmed up from 0 over
+    `warmup_epochs` (the choices are checked by config.validate)."""
     total = max(int(config.epochs * steps_per_epoch), 1)
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
-    if not 0 <= config.final_lr_fraction <= 1:
-        raise UserError(f"final_lr_fraction must lie in [0, 1], got {config.final_lr_fraction!r}")
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else config.learning_rate, peak_value=config.learning_rate,
-        warmup_steps=warmup, decay_steps=total,
-        end_value=config.learning_rate * config.final_lr_fraction)
+    peak = float(config.learning_rate)
+    if config.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
+            decay_steps=total, end_value=peak * config.final_lr_fraction)
+    if not warmup:
+        return optax.constant_schedule(peak)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                                 optax.constant_schedule(peak)], [warmup])
 
 
-def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
-    parts = []
-    if config.grad_clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    parts.append(optax.adamw(learning_rate=learning_rate_schedule(config, steps_per_epoch),
-                             weight_decay=config.weight_decay))
-    return optax.chain(*parts)
+def uniform_labels(params: Any) -> Any:
+    """Every parameter in the HEAD group: a run trained from scratch."""
+    return jax.tree.map(lambda _: HEAD, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """What the train step and the loop need of the optimizer, built once per run."""
+    tx: optax.GradientTransformation
+    plateau: optax.GradientTransformationExtraArgs
+    learning_rate: optax.Schedule  # the HEAD group's rate per step, before the plateau scale
+    plateau_enabled: bool
+    _plateau_update: Callable = dataclasses.field(repr=False, default=None)
+
+    def init(self, params) -> tuple[Any, Any]:
+        """(opt_state, plateau_state) for fresh PARAMS."""
+        return self.tx.init(params), self.plateau.init(params)
+
+    def plateau_step(self, plateau_state, validation_loss: float):
+        """The plateau state after one epoch that ended with VALIDATION_LOSS."""
+        if not self.plateau_enabled:
+            return plateau_state
+        return self._plateau_update(plateau_state, jnp.asarray(validation_loss, jnp.float32))
 
 
 def make_plateau(config) -> optax.GradientTransformationExtraArgs:
     p = config.plateau
-    return contrib.reduce_on_plateau(factor=p.factor, patience=p.patience, rtol=p.rtol, atol=p.atol,
-                                     cooldown=p.cooldown, min_scale=p.min_scale)
+    return contrib.reduce_on_plateau(factor=p.factor, patience=p.patience, rtol=_PLATEAU_RTOL,
+                                     atol=_PLATEAU_ATOL, cooldown=_PLATEAU_COOLDOWN,
+                                     min_scale=p.min_scale)
 
 
-def plateau_scale(plateau_state) -> jax.Array:
-    return plateau_state.scale
+def build_optimizer(config, steps_per_epoch: int = 1, labels: Any = None) -> Optimizer:
+    """The run's optimizer. LABELS: a tree like the params of HEAD / BACKBONE / FROZEN
+    (finetune.param_labels), or None for one group (uniform_labels)."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    label_tree = labels if labels is not None else uniform_labels
+    backbone_scale = float(config.transfer.backbone_lr_scale)
+
+    def adamw(scale: float) -> optax.GradientTransformation:
+        return optax.adamw(lambda count: schedule(count) * scale, weight_decay=config.weight_decay)
+
+    parts = []
+    if config.grad_clip_norm > 0:
+        if labels is not None and FROZEN in jax.tree.leaves(labels):
+            # Frozen gradients are left out of the global norm that clipping uses.
+            parts.append(optax.multi_transform(
+                {HEAD: optax.identity(), BACKBONE: optax.identity(), FROZEN: optax.set_to_zero()},
+                label_tree))
+        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    parts.append(optax.multi_transform(
+        {HEAD: adamw(1.0), BACKBONE: adamw(backbone_scale), FROZEN: optax.set_to_zero()}, label_tree))
+    plateau = make_plateau(config)
+    update = jax.jit(lambda state, value: plateau.update(updates={}, state=state, value=value)[1])
+    return Optimizer(tx=optax.chain(*parts), plateau=plateau, learning_rate=schedule,
+                     plateau_enabled=bool(config.plateau.enabled), _plateau_update=update)
 
 
-def plateau_step(config, plateau_state, validation_loss: float):
-    """Advances the plateau schedule by one epoch, given that epoch's validation loss."""
-    if not config.plateau.enabled:
-        return plateau_state
-    _, new_state = make_plateau(config).update({}, plateau_state,
-                                               value=jnp.asarray(validation_loss, jnp.float32))
-    return new_state
+def make_optimizer(config, steps_per_epoch: int = 1, labels: Any = None) -> optax.GradientTransformation:
+    """build_optimizer's per-step transform alone (benchmarks and tests of the step)."""
+    return build_optimizer(config, steps_per_epoch, labels).tx

@@ -67,8 +67,54 @@ def replicate(tree: Any, mesh) -> Any:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
-def local_devices_count() -> int:
-    return jax.local_device_count()
+class _MeshLayout:
+    """The default: jax.jit over jax.shard_map on a mesh of every device of every host.
+    State is replicated; each host passes its own rows of the global batch."""
+
+    def __init__(self):
+        self.mesh = data_mesh()
+
+    def compile(self, train_fn: Callable, eval_fn: Callable) -> tuple[Callable, Callable]:
+        # check_vma=False: gradients are averaged by the explicit psum in the step,
+        # exactly as under pmap, instead of by shard_map's implicit transposes.
+        train = jax.jit(jax.shard_map(train_fn, mesh=self.mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                                      out_specs=(P(), P()), check_vma=False), donate_argnums=(0,))
+        evaluate = jax.jit(jax.shard_map(eval_fn, mesh=self.mesh, in_specs=(P(), P(DATA_AXIS)),
+                                         out_specs=P(), check_vma=False))
+        return train, evaluate
+
+    def to_devices(self, tree: Any) -> Any:
+        return replicate(tree, self.mesh)
+
+    def replica(self, tree: Any) -> Any:
+        return tree
+
+    def shard(self, batch: dict[str, np.ndarray]) -> dict:
+        return global_batch(batch, self.mesh)
+
+
+class _PmapLayout:
+    """parallel=pmap, an adapter kept for comparison (the step functions are the same):
+    jax.pmap over this host's devices, state stacked along a leading device axis."""
+
+    mesh = None
+
+    def compile(self, train_fn: Callable, eval_fn: Callable) -> tuple[Callable, Callable]:
+        return (jax.pmap(train_fn, axis_name=DATA_AXIS, in_axes=(0, 0, None), donate_argnums=(0,)),
+                jax.pmap(eval_fn, axis_name=DATA_AXIS, in_axes=(0, 0)))
+
+    def to_devices(self, tree: Any) -> Any:
+        devices = jax.local_devices()
+        stacked = NamedSharding(jax.sharding.Mesh(np.array(devices), ("local",)), P("local"))
+        return jax.tree.map(lambda x: jax.device_put(
+            np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), stacked), tree)
+
+    def replica(self, tree: Any) -> Any:
+        return jax.tree.map(lambda x: x[0], tree)
+
+    def shard(self, batch: dict[str, np.ndarray]) -> dict:
+        n = jax.local_device_count()
+        return {k: v.reshape((n, -1) + v.shape[1:]) for k, v in batch.items()}
 
 
 class StepRunner:
@@ -89,42 +135,17 @@ class StepRunner:
         self.max_in_flight = max_in_flight
         # Outputs of the steps dispatched and maybe unfinished, oldest first.
         self._in_flight: collections.deque = collections.deque()
-        if mode == "jit":
-            self.mesh = data_mesh()
-            # check_vma=False: gradients are averaged by the explicit pmean in the step,
-            # exactly as under pmap, instead of by shard_map's implicit transposes.
-            self._train = jax.jit(
-                jax.shard_map(train_fn, mesh=self.mesh, in_specs=(P(), P(DATA_AXIS), P()),
-                              out_specs=(P(), P()), check_vma=False),
-                donate_argnums=(0,))
-            self._eval = jax.jit(
-                jax.shard_map(eval_fn, mesh=self.mesh, in_specs=(P(), P(DATA_AXIS)),
-                              out_specs=P(), check_vma=False))
-        else:
-            self.mesh = None
-            self._train = jax.pmap(train_fn, axis_name=DATA_AXIS, in_axes=(0, 0, None),
-                                   donate_argnums=(0,))
-            self._eval = jax.pmap(eval_fn, axis_name=DATA_AXIS, in_axes=(0, 0))
+        self._layout = _MeshLayout() if mode == "jit" else _PmapLayout()
+        self.mesh = self._layout.mesh
+        self._train, self._eval = self._layout.compile(train_fn, eval_fn)
 
     def to_devices(self, state: Any) -> Any:
-        if self.mode == "jit":
-            return replicate(state, self.mesh)
-        devices = jax.local_devices()
-        stacked = NamedSharding(jax.sharding.Mesh(np.array(devices), ("local",)), P("local"))
-        return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
-                                                     stacked), state)
+        return self._layout.to_devices(state)
 
     def to_host(self, tree: Any) -> Any:
-        """Fetches a replicated pytree as numpy (for checkpoints and metrics)."""
-        if self.mode == "pmap":
-            tree = jax.tree.map(lambda x: x[0], tree)
-        return jax.tree.map(lambda x: np.asarray(jax.device_get(_first_shard(x))), tree)
-
-    def _shard(self, batch: dict[str, np.ndarray]):
-        if self.mode == "jit":
-            return global_batch(batch, self.mesh)
-        n = jax.local_device_count()
-        return {k: v.reshape((n, -1) + v.shape[1:]) for k, v in batch.items()}
+        """Fetches a replicated pytree (state, metrics, eval sums) as numpy."""
+        return jax.tree.map(lambda x: np.asarray(jax.device_get(_first_shard(x))),
+                            self._layout.replica(tree))
 
     def _dispatched(self, outputs: Any) -> None:
         """Waits for the oldest dispatched steps until at most max_in_flight are unfinished."""
@@ -138,16 +159,14 @@ class StepRunner:
         return len(self._in_flight)
 
     def train(self, state, batch, rng):
-        state, metrics = self._train(state, self._shard(batch), rng)
+        state, metrics = self._train(state, self._layout.shard(batch), rng)
         # The metrics, not the state: the state is donated to the next step.
         self._dispatched(metrics)
         return state, metrics
 
     def eval(self, state, batch):
-        out = self._eval(state, self._shard(batch))
+        out = self._eval(state, self._layout.shard(batch))
         self._dispatched(out)
-        if self.mode == "pmap":
-            out = jax.tree.map(lambda x: x[0], out)
         return out
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fer_jax.config import EVAL_TTA_MODES
 from fer_jax.data.types import NUM_CLASSES
 from fer_jax.errors import UserError
 from fer_jax.engine.parallel import DATA_AXIS
@@ -32,17 +33,26 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def init_state(config, model, tx, plateau) -> TrainState:
-    """Fresh variables and optimizer states from config.seed."""
+def init_variables(config, model) -> dict:
+    """Fresh params and batch_stats from config.seed."""
     rng = jax.random.PRNGKey(config.seed)
     init_model = model.clone(bn_axis_name=None)  # init runs outside the named data axis
     variables = jax.jit(lambda r: init_model.init({"params": r, "dropout": r},
                                                   jnp.zeros((1, 48, 48, 1), jnp.float32),
                                                   train=False))(rng)
-    params = variables["params"]
-    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      plateau_state=plateau.init(params))
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def new_state(variables: dict, tx, plateau) -> TrainState:
+    """Step 0 of a run from VARIABLES, with fresh optimizer and plateau states."""
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=variables["params"],
+                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+                      plateau_state=plateau.init(variables["params"]))
+
+
+def init_state(config, model, tx, plateau) -> TrainState:
+    """Fresh variables and optimizer states from config.seed."""
+    return new_state(init_variables(config, model), tx, plateau)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
@@ -55,8 +65,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Callable,
                tx: optax.GradientTransformation, class_weights: jax.Array | None,
-               label_smoothing: float) -> tuple[TrainState, dict]:
-    """One AdamW update on the global batch; this shard holds batch['image'] rows of it."""
+               label_smoothing: float, learning_rate_fn: Callable | None = None
+               ) -> tuple[TrainState, dict]:
+    """One AdamW update on the global batch; this shard holds batch['image'] rows of it.
+
+    learning_rate_fn: the schedule of the update (optim.Optimizer.learning_rate), for the
+    `learning_rate` metric: the rate this step used, plateau scale included."""
     # Same seed, same run: the dropout key depends only on the step and the shard.
     dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
                                      jax.lax.axis_index(DATA_AXIS))
@@ -87,6 +101,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Call
         "accuracy": jax.lax.psum(correct, DATA_AXIS) / jax.lax.psum(labels.shape[0], DATA_AXIS),
         "grad_norm": optax.tree.norm(grads),
         "lr_scale": scale,
+        **({} if learning_rate_fn is None else {"learning_rate": learning_rate_fn(state.step) * scale}),
         # A finite loss can still be followed by an update that overflows the weights:
         # checkpoints are only written when both are finite.
         "params_finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])),
@@ -94,9 +109,6 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Call
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=new_model_state.get("batch_stats", {}), opt_state=opt_state)
     return new_state, metrics
-
-
-EVAL_TTA_MODES = ("none", "flip")
 
 
 def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable, tta: str = "none") -> dict:
@@ -129,10 +141,11 @@ def check_eval_tta(mode: str) -> None:
 
 
 def make_step_fns(apply_fn: Callable, tx: optax.GradientTransformation,
-                  class_weights: jax.Array | None, label_smoothing: float, eval_tta: str = "none"):
+                  class_weights: jax.Array | None, label_smoothing: float, eval_tta: str = "none",
+                  learning_rate_fn: Callable | None = None):
     """The per-shard train and eval functions with the run's constants bound."""
     check_eval_tta(eval_tta)
     train = functools.partial(train_step, apply_fn=apply_fn, tx=tx, class_weights=class_weights,
-                              label_smoothing=label_smoothing)
+                              label_smoothing=label_smoothing, learning_rate_fn=learning_rate_fn)
     evaluate = functools.partial(eval_step, apply_fn=apply_fn, tta=eval_tta)
     return train, evaluate

@@ -1,7 +1,7 @@
 """Weights & Biases logging that never blocks: no login means offline, and says so.
 
-Only process 0 logs. Mode: online, offline or disabled (config.wandb.mode, or the
-WANDB_MODE environment variable, which wins).
+Only process 0 logs. Mode: online, offline or disabled (the commands' --wandb flag, or
+the WANDB_MODE environment variable, which wins).
 """
 from __future__ import annotations
 
@@ -58,10 +58,6 @@ class RunLogger:
     @property
     def active(self) -> bool:
         return self.run is not None
-
-    @property
-    def run_dir(self) -> str | None:
-        return self.run.dir if self.run is not None else None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is not None:

@@ -2,5 +2,5 @@
 
 convert: torchvision state dicts -> Flax variables (checked by name and shape);
 torch_file: reads torch.save files without PyTorch; finetune: load_pretrained,
-make_finetune_optimizer, frozen parts and their BatchNorm statistics.
+the parameter groups of the optimizer, frozen parts and their BatchNorm statistics.
 """

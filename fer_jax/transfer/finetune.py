@@ -1,5 +1,8 @@
 """Fine-tuning controls: pretrained weights into a fresh model, frozen parts, per-part learning rates.
 
+The learning rates themselves come from the one optimizer of every run
+(fer_jax.engine.optim.make_optimizer), to which `param_labels` gives the groups.
+
 Parts are named by the model's top-level parameter keys: a freeze name matches a key
 equal to it or starting with it and "_" ("stage1" freezes stage1_block1, stage1_block2,
 ...; "block2" a VGG stage; "stem"), and "backbone" means every key but the head. The
@@ -7,6 +10,8 @@ head (`logits`) is the only part that pretrained weights never provide.
 """
 from __future__ import annotations
 
+import os
+import pathlib
 import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -14,14 +19,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
 from fer_jax.data.types import IMAGE_SIZE
+from fer_jax.engine.optim import BACKBONE, FROZEN, HEAD
 from fer_jax.errors import UserError
 from fer_jax.transfer import convert
 
-HEAD, BACKBONE, FROZEN = "head", "backbone", "frozen"
 HEAD_KEYS = convert.HEAD_KEYS
 ALL_BUT_HEAD = "backbone"
 
@@ -67,29 +71,39 @@ def param_labels(params: Mapping[str, Any], freeze: Sequence[str]) -> dict:
     return {key: jax.tree.map(lambda _, k=key: label(k), subtree) for key, subtree in params.items()}
 
 
-# ------------------------------------------------------------------------------ optimizer
+# ----------------------------------------------------------------------------- settings
+
+def is_imagenet_weights(init_from: str | os.PathLike) -> bool:
+    """Whether INIT_FROM names ImageNet weights (a torch.save file, or a folder that
+    `python -m fer_jax.convert` wrote) rather than a fer_jax run, which is a folder."""
+    if not init_from:
+        return False
+    path = pathlib.Path(init_from)
+    if path.is_dir():
+        return (path / convert.CONVERSION_FILE).is_file()
+    return path.is_file() or path.suffix in (".pth", ".pt")
+
 
 def check_transfer_config(config) -> None:
-    """UserError for transfer settings that cannot work."""
+    """UserError for transfer settings that cannot work (the rest of the config is
+    checked by fer_jax.config.validate)."""
     t = config.transfer
     if t.gray_to_rgb not in convert.GRAY_TO_RGB:
         raise UserError(f"transfer.gray_to_rgb must be one of {', '.join(convert.GRAY_TO_RGB)}, "
                         f"got {t.gray_to_rgb!r}")
-    if not t.backbone_lr_scale >= 0:
-        raise UserError(f"transfer.backbone_lr_scale must be >= 0, got {t.backbone_lr_scale!r}")
-    if isinstance(t.warmup_steps, bool) or int(t.warmup_steps) != t.warmup_steps or t.warmup_steps < 0:
-        raise UserError(f"transfer.warmup_steps must be a whole number >= 0, got {t.warmup_steps!r}")
-    if isinstance(t.input_size, bool) or int(t.input_size) != t.input_size or t.input_size < 0:
-        raise UserError(f"transfer.input_size must be a whole number >= 0, got {t.input_size!r}")
-    if t.init_from and pretrained_arch(config) not in convert.ARCHITECTURES:
-        raise UserError(f"transfer.init_from needs a model with ImageNet weights "
-                        f"({', '.join(convert.ARCHITECTURES)}), not {pretrained_arch(config)!r}; "
-                        "set model (or transfer.arch) to one of them")
+    if is_imagenet_weights(config.init_from) and pretrained_arch(config) not in convert.ARCHITECTURES:
+        raise UserError(f"init_from={config.init_from} (ImageNet weights) needs a model with "
+                        f"ImageNet weights ({', '.join(convert.ARCHITECTURES)}), not "
+                        f"{pretrained_arch(config)!r}; set model to one of them")
+    if t.freeze and not is_imagenet_weights(config.init_from):
+        raise UserError(f"transfer.freeze is set but init_from={config.init_from} is a fer_jax run, "
+                        "not ImageNet weights (a .pth file or a convert folder): nothing to keep frozen")
 
 
 def pretrained_arch(config) -> str:
-    """The torchvision architecture of transfer.init_from: transfer.arch, else the model's name."""
-    return config.transfer.get("arch", "") or config.model
+    """The torchvision architecture of ImageNet weights: the model's name (the ImageNet
+    models are registered under torchvision's names)."""
+    return config.model
 
 
 def transfer_model_kwargs(config) -> dict:
@@ -103,42 +117,6 @@ def transfer_model_kwargs(config) -> dict:
     if t.input_size and t.input_size != IMAGE_SIZE:
         kwargs["input_size"] = int(t.input_size)
     return kwargs
-
-
-def warmup_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
-    """learning_rate * min(1, (step + 1) / warmup_steps): the first update is already non-zero."""
-    if warmup_steps <= 0:
-        return optax.constant_schedule(learning_rate)
-    return lambda count: learning_rate * jnp.minimum(1.0, (count + 1) / warmup_steps)
-
-
-def make_finetune_optimizer(config, params: Mapping[str, Any] | None = None
-                            ) -> optax.GradientTransformation:
-    """AdamW with the head at config.learning_rate, the backbone at learning_rate *
-    transfer.backbone_lr_scale, both warmed up linearly over transfer.warmup_steps, and
-    zero updates (no AdamW state) for transfer.freeze. Frozen gradients are zeroed before
-    grad_clip_norm's global norm. With PARAMS the freeze names are checked now; they are
-    checked at tx.init otherwise."""
-    check_transfer_config(config)
-    t = config.transfer
-    freeze = tuple(t.freeze)
-    labels = lambda p: param_labels(p, freeze)  # noqa: E731 (optax calls it with the params)
-    if params is not None:
-        labels(params)
-
-    def adamw(scale: float) -> optax.GradientTransformation:
-        return optax.adamw(warmup_schedule(config.learning_rate * scale, int(t.warmup_steps)),
-                           weight_decay=config.weight_decay)
-
-    parts = []
-    if config.grad_clip_norm > 0:
-        parts.append(optax.multi_transform(
-            {HEAD: optax.identity(), BACKBONE: optax.identity(), FROZEN: optax.set_to_zero()}, labels))
-        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    parts.append(optax.multi_transform(
-        {HEAD: adamw(1.0), BACKBONE: adamw(float(t.backbone_lr_scale)), FROZEN: optax.set_to_zero()},
-        labels))
-    return optax.chain(*parts)
 
 
 # ---------------------------------------------------------------------- frozen BatchNorm

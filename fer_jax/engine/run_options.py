@@ -1,0 +1,61 @@
+"""How a run uses this machine: command flags of train and study, not experiment config.
+
+Nothing here changes what a run computes, so a run may resume under other values; the
+experiment config (fer_jax.config) holds everything that does.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Callable
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    checkpoint_every_steps: int = 500  # mid-epoch checkpoints; 0: at epoch ends only
+    keep_checkpoints: int = 2  # resumable checkpoints kept (the best one is kept apart)
+    wandb_mode: str = "offline"  # online, offline or disabled; WANDB_MODE wins
+    wandb_project: str = "facial-expression-recognition"
+    progress: bool = True
+    clock: Callable[[], float] = time.monotonic  # the budget's clock (tests inject one)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags `run_options` reads, and --cpu-devices (read before JAX starts)."""
+    defaults = RunOptions()
+    parser.add_argument("--cpu-devices", type=int, default=0, metavar="N",
+                        help="on a CPU, expose the cores as N XLA devices for data parallelism "
+                             "(0, the default: the largest power of two up to the cores, at most 8; "
+                             "1: one device on all cores); ignored when XLA_FLAGS sets the count")
+    parser.add_argument("--checkpoint-every", type=_whole(0), default=defaults.checkpoint_every_steps,
+                        metavar="STEPS", help="a resumable checkpoint every STEPS steps within an "
+                        f"epoch, besides each epoch's end (0: epoch ends only; default "
+                        f"{defaults.checkpoint_every_steps})")
+    parser.add_argument("--keep-checkpoints", type=_whole(1), default=defaults.keep_checkpoints,
+                        metavar="N", help=f"resumable checkpoints kept (default {defaults.keep_checkpoints}; "
+                        "the best one is kept apart)")
+    parser.add_argument("--wandb", dest="wandb_mode", choices=WANDB_MODES, default=defaults.wandb_mode,
+                        help="Weights & Biases logging (default offline; online needs a login, else "
+                             "offline; the WANDB_MODE environment variable wins)")
+    parser.add_argument("--wandb-project", default=defaults.wandb_project)
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(checkpoint_every_steps=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                      wandb_mode=args.wandb_mode, wandb_project=args.wandb_project,
+                      progress=not getattr(args, "no_progress", False))
+
+
+def _whole(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return value
+    return parse
