@@ -1,0 +1,8 @@
+"""python -m fer_jax.export: runs the command fer_jax.cli.export."""
+import sys
+
+from fer_jax.cli.export import main
+from fer_jax.errors import run_cli
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

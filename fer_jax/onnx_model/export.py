@@ -1,0 +1,60 @@
+"""A checkpoint as one ONNX model: uint8 (N, 48, 48) faces in, float32 (N, 7) probabilities out.
+
+The training normalization, the model in inference mode (BatchNorm's running statistics,
+no dropout) and the softmax are all inside, so a user of the file needs nothing else.
+The network is rebuilt with XLA's own convolutions (not the oneDNN custom calls, which
+have no ONNX form); both compute the same convolution.
+"""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+
+from fer_jax.data.types import CLASS_NAMES, IMAGE_SIZE
+from fer_jax.inference.loading import LoadedModel, build_model
+from fer_jax.onnx_model.convert import to_onnx
+
+INPUT_NAME = "faces"
+OUTPUT_NAME = "probabilities"
+# Where a release folder keeps its ONNX file (the released models ship it; --backend onnx
+# finds it there).
+ONNX_FILE = "model.onnx"
+
+
+def probabilities_fn(loaded: LoadedModel):
+    """uint8 (N, 48, 48) -> float32 (N, 7), normalized exactly as fer_jax.inference.classifier."""
+    config = loaded.config.copy_and_resolve_references()
+    config.kernels = "xla"
+    model = build_model(config)
+    variables = jax.tree_util.tree_map(np.asarray, loaded.variables)
+    mean = np.float32(loaded.normalization["mean"])
+    std = np.float32(loaded.normalization["std"])
+
+    def probabilities(faces):
+        x = faces.astype(jnp.float32) / jnp.float32(255.0)
+        x = ((x - mean) / std)[..., None]
+        return jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32))
+
+    return probabilities
+
+
+def export_onnx(loaded: LoadedModel) -> onnx.ModelProto:
+    """The loaded model as an ONNX model (input "faces", output "probabilities")."""
+    doc = (f"fer_jax {loaded.config.model} from {loaded.step_dir.name}: uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}) "
+           f"grayscale faces framed as FER2013 -> float32 (N, 7) probabilities of {', '.join(CLASS_NAMES)}")
+    model = to_onnx(probabilities_fn(loaded), jax.ShapeDtypeStruct((1, IMAGE_SIZE, IMAGE_SIZE), jnp.uint8),
+                    input_name=INPUT_NAME, output_name=OUTPUT_NAME, doc=doc)
+    model.metadata_props.add(key="class_names", value=",".join(CLASS_NAMES))
+    return model
+
+
+def write_onnx(model: onnx.ModelProto, path: str | pathlib.Path) -> str:
+    """Writes the model; returns the file's sha256."""
+    data = model.SerializeToString()
+    pathlib.Path(path).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
