@@ -162,9 +162,10 @@ def test_folder_and_video_json_and_annotated_copies(capsys, checkpoint, photos, 
     assert [r["frame"] for r in by_file[str(photos / "astronaut.png")]] == [None]
     assert len(by_file[str(photos / "camera.jpg")]) == 1
     assert [r["frame"] for r in by_file[str(video)]] == [0, 2, 4]
-    # The astronaut pans left and up by (4, 8) px a frame: her box follows.
+    # The astronaut pans left and up by (4, 8) px a frame: her box follows (within 7 px:
+    # BlazeFace, the default detector, sees the frame at a quarter of its size).
     boxes = np.array([r["box"] for r in by_file[str(video)]])
-    assert np.all(np.abs(boxes[1:, :2] - boxes[:-1, :2] + [8, 16]) <= 4)
+    assert np.all(np.abs(boxes[1:, :2] - boxes[:-1, :2] + [8, 16]) <= 7)
 
     # The cup and the cat: read, but no face; so the status is 1.
     assert status == 1

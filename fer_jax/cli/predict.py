@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fer_jax.errors import UserError, run_cli
 from fer_jax.faces.annotate import annotate, save_picture
-from fer_jax.faces.detect import MIN_CONFIDENCE, FaceDetector
+from fer_jax.faces.detectors import DEFAULT_DETECTOR, DETECTORS, make_detector
 from fer_jax.faces.io import VIDEO, Expansion, Frame, InputFile, expand_paths
 from fer_jax.inference.expressions import ExpressionPredictor
 from fer_jax.inference.files import PICTURES_PER_PASS, FileDone, FileFailed, OutputNames, passes, stream
@@ -59,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in videos, use every N-th frame (default: 1, every frame)")
     parser.add_argument("--tta", action="store_true",
                         help="average each face's probabilities with those of its mirror image")
-    parser.add_argument("--min-confidence", type=_probability, default=MIN_CONFIDENCE, metavar="P",
-                        help=f"keep detections MTCNN is at least this sure of (default: {MIN_CONFIDENCE})")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                        help="face detector: blazeface (fast), mtcnn, or auto: BlazeFace, then MTCNN "
+                             f"where BlazeFace finds no face (default: {DEFAULT_DETECTOR})")
+    parser.add_argument("--min-confidence", type=_probability, default=None, metavar="P",
+                        help="keep detections the detector is at least this sure of "
+                             "(default: BlazeFace 0.55, MTCNN 0.95)")
     parser.add_argument("--batch-size", type=_positive_int, default=64,
                         help="faces per forward pass (default: 64)")
     return parser
@@ -115,7 +119,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 1
 
     predictor = ExpressionPredictor(args.checkpoint, batch_size=args.batch_size, tta=args.tta,
-                                    detector=FaceDetector(args.min_confidence))
+                                    detector=make_detector(args.detector, args.min_confidence))
     say(f"model: {predictor.model_name} from {predictor.checkpoint}")
     if predictor.meta.get("synthetic"):
         say(f"note: this model was trained on synthetic data. {predictor.meta.get('notice', '')}".rstrip())

@@ -16,8 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from fer_jax.data.types import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from fer_jax.errors import UserError
 from fer_jax.faces.align import align_face, whole_image_face
 from fer_jax.faces.detect import DetectedFace, FaceDetector
+from fer_jax.faces.detectors import DEFAULT_DETECTOR, Detector, make_detector
 from fer_jax.inference.loading import load_model
 from fer_jax.inference.tta import probabilities_with_tta
 
@@ -28,7 +30,7 @@ class FacePrediction:
 
     box: (x, y, width, height) in the image's pixels, inside the image (the whole image
     when it was given as a face); probabilities: every class name to its probability;
-    detection_confidence: MTCNN's, None for a given face; face: the uint8 48 x 48 crop
+    detection_confidence: the detector's, None for a given face; face: the uint8 48 x 48 crop
     the model saw.
     """
 
@@ -56,18 +58,29 @@ class ExpressionPredictor:
     checkpoint: a run's workdir (its best checkpoint), a step folder, or None for the
     released model. tta: average each face's probabilities with its mirror image's.
     batch_size: faces per jitted forward pass (fixed, so the model compiles once).
+    detector: "auto" (default), "blazeface" or "mtcnn" (fer_jax.faces.detectors), or a
+    detector object. backend: "jax", or "onnx" (onnxruntime: the release's model.onnx, or
+    the model exported in memory).
     """
 
     def __init__(self, checkpoint: str | pathlib.Path | None = None, *, batch_size: int = 64,
-                 tta: bool = False, detector: FaceDetector | None = None):
+                 tta: bool = False, detector: Detector | str | None = None, backend: str = "jax"):
         loaded = load_model(checkpoint)
         self.checkpoint: pathlib.Path = loaded.step_dir
         self.model_name: str = loaded.config.model
         self.normalization: dict = loaded.normalization
         self.meta: dict = loaded.meta
         self.tta = tta
-        self.detector = detector or FaceDetector()
-        self._classifier = loaded.classifier(batch_size)
+        # A name (fer_jax.faces.detectors.DETECTORS) or any object with detect(rgb) -> faces.
+        self.detector = (make_detector(detector or DEFAULT_DETECTOR)
+                         if detector is None or isinstance(detector, str) else detector)
+        if backend == "onnx":
+            from fer_jax.onnx_model.runtime import onnx_classifier
+            self._classifier = onnx_classifier(loaded)
+        elif backend == "jax":
+            self._classifier = loaded.classifier(batch_size)
+        else:
+            raise UserError(f"unknown backend {backend!r}; expected jax or onnx")
 
     def classify(self, faces: np.ndarray) -> np.ndarray:
         """float32 (N, 7) probabilities for uint8 (N, 48, 48) FER-framed grayscale faces."""
