@@ -1,0 +1,85 @@
+"""ONNX export: the jaxpr-to-ONNX converter, the released models' files, the onnx backend."""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from fer_jax.onnx_model.convert import UnsupportedPrimitive, to_onnx  # noqa: E402
+from fer_jax.onnx_model.export import export_onnx  # noqa: E402
+from fer_jax.onnx_model.runtime import OnnxClassifier  # noqa: E402
+
+RELEASE = pathlib.Path(__file__).resolve().parents[1] / "release"
+
+
+def run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_converter_keeps_the_batch_axis_free_and_matches_jax():
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 1, 4)).astype(np.float32)
+    dense = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+
+    def fn(x):
+        y = jax.lax.conv_general_dilated(x[..., None].astype(jnp.float32) / 255.0, kernel, (2, 2),
+                                         ((1, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.nn.relu(y).mean(axis=(1, 2))
+        return jax.nn.softmax(jnp.concatenate([y @ dense, jax.nn.sigmoid(y.max(axis=1, keepdims=True))], axis=1))
+
+    model = to_onnx(fn, jax.ShapeDtypeStruct((1, 9, 8), jnp.uint8))
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).integers(0, 256, (batch, 9, 8), dtype=np.uint8)
+        np.testing.assert_allclose(run(model, x), np.asarray(fn(x)), atol=1e-6)
+
+
+def test_an_unknown_primitive_is_named():
+    with pytest.raises(UnsupportedPrimitive, match="'cumsum'"):
+        to_onnx(lambda x: jnp.cumsum(x, axis=1), jax.ShapeDtypeStruct((1, 4), jnp.float32))
+
+
+@pytest.mark.parametrize("name", ["final", "cbam"])
+def test_released_onnx_files_match_their_cards_and_the_flax_model(name, fer_sample_path):
+    from fer_jax.data.readers import read_fer
+    from fer_jax.inference.loading import load_model
+
+    path = RELEASE / name / "model.onnx"
+    card = (RELEASE / name / "MODEL_CARD.md").read_text()
+    digest = re.search(r"`model.onnx` \([0-9.]+ MB, sha256 `([0-9a-f]{64})`\)", card).group(1)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    faces = read_fer(fer_sample_path).images[:128]
+    loaded = load_model(RELEASE / name)
+    expected = loaded.classifier(128).probabilities(faces)
+    got = OnnxClassifier(path).probabilities(faces)
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+    # Exported again now, the graph is the file (nothing in it depends on the run).
+    assert hashlib.sha256(export_onnx(loaded).SerializeToString()).hexdigest() == digest
+
+
+def test_onnx_backend_of_the_predictor_gives_the_jax_answers():
+    from fer_jax.inference.expressions import ExpressionPredictor
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = skimage_data.astronaut()
+    with_jax = ExpressionPredictor(None, batch_size=8, detector="blazeface").predict_image(photo)
+    with_onnx = ExpressionPredictor(None, detector="blazeface", backend="onnx").predict_image(photo)
+    assert [f.label for f in with_onnx] == [f.label for f in with_jax] == ["happy"]
+    np.testing.assert_allclose(list(with_onnx[0].probabilities.values()),
+                               list(with_jax[0].probabilities.values()), atol=1e-5)
+
+
+def test_export_command_checks_and_writes(tmp_path, capsys):
+    from fer_jax.cli import export
+    out = tmp_path / "cbam.onnx"
+    assert export.main(["--checkpoint", str(RELEASE / "cbam"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "argmax the same on 512 of 512" in err and "sha256" in err
+    assert OnnxClassifier(out).probabilities(np.zeros((2, 48, 48), np.uint8)).shape == (2, 7)
