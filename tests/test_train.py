@@ -389,3 +389,23 @@ def test_a_full_disk_while_checkpointing_names_the_last_complete_step_and_cleans
     again = train_and_evaluate(small_config(epochs=1, max_train_steps=12), tmp_path, prepared=prepared,
                                options=options)
     assert again["steps"] == 12
+
+
+def test_a_save_that_would_not_fit_is_refused_before_orbax_writes_any_of_it(prepared, tmp_path, monkeypatch):
+    import collections
+
+    from fer_jax.engine import checkpoint
+    from fer_jax.engine.checkpoint import DiskFull
+    real_usage, calls = checkpoint.shutil.disk_usage, []
+    usage = collections.namedtuple("usage", "total used free")
+
+    def filling_disk(path):
+        calls.append(path)
+        return usage(1 << 30, 1 << 30, 1 << 10) if len(calls) > 1 else real_usage(path)
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", filling_disk)
+    with pytest.raises(DiskFull, match="the last complete checkpoint is step 10, free space and rerun"):
+        train_and_evaluate(small_config(epochs=1), tmp_path, prepared=prepared,
+                           options=RunOptions(checkpoint_every_steps=10, progress=False))
+    latest = tmp_path / "checkpoints" / "latest"
+    assert sorted(p.name for p in latest.iterdir()) == ["10"]

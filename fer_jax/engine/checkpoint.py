@@ -58,6 +58,9 @@ class DiskFull(UserError):
 
 # Orbax writes a step under this infix and renames it when the step is complete.
 _TMP_INFIX = ".orbax-checkpoint-tmp"
+# A save is begun only with this multiple of its arrays' bytes free (plus 1 MiB for the
+# metadata): OCDBT's files are about the arrays' size.
+_SPACE_MARGIN = 1.25
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -96,15 +99,25 @@ class RunCheckpoints:
         except Exception as err:
             if not is_disk_full(err):
                 raise
-            for manager in (getattr(self, "latest", None), getattr(self, "best", None)):
-                with contextlib.suppress(Exception):  # the failed save may raise again here
-                    manager.wait_until_finished()
-            for tmp in sorted(self.root.rglob(f"*{_TMP_INFIX}*")):
-                shutil.rmtree(tmp, ignore_errors=True)
-            steps = complete_steps(self.root / LATEST)
-            last = f"step {steps[-1]}" if steps else "none (nothing to resume yet)"
-            raise DiskFull(f"disk full in {self.root}, the last complete checkpoint is {last}, "
-                           "free space and rerun to resume") from None
+            self._disk_full()
+
+    def _disk_full(self):
+        for manager in (getattr(self, "latest", None), getattr(self, "best", None)):
+            with contextlib.suppress(Exception):  # a failed save may raise again here
+                manager.wait_until_finished()
+        for tmp in sorted(self.root.rglob(f"*{_TMP_INFIX}*")):
+            shutil.rmtree(tmp, ignore_errors=True)
+        steps = complete_steps(self.root / LATEST)
+        last = f"step {steps[-1]}" if steps else "none (nothing to resume yet)"
+        raise DiskFull(f"disk full in {self.root}, the last complete checkpoint is {last}, "
+                       "free space and rerun to resume") from None
+
+    def _check_space(self, *trees) -> None:
+        """DiskFull before a save that would not fit: Orbax's own failure comes from its
+        background threads, with their tracebacks, after part of the step is written."""
+        need = sum(np.asarray(x).nbytes for tree in trees for x in jax.tree.leaves(tree))
+        if shutil.disk_usage(self.root).free < need * _SPACE_MARGIN + (1 << 20):
+            self._disk_full()
 
     @staticmethod
     def _args(variables, train, meta):
@@ -117,10 +130,12 @@ class RunCheckpoints:
         return ocp.args.Composite(**items)
 
     def save_latest(self, step: int, variables, train, meta: dict) -> None:
+        self._check_space(variables, train)
         with self._disk_guard():
             self.latest.save(step, args=self._args(variables, train, meta), force=True)
 
     def save_best(self, step: int, variables, meta: dict, val_accuracy: float) -> None:
+        self._check_space(variables)
         with self._disk_guard():
             self.best.save(step, args=self._args(variables, None, meta),
                            metrics={"val_accuracy": float(val_accuracy)}, force=True)
