@@ -378,7 +378,7 @@ def _checked_metrics(run: Run, loop: Loop) -> dict | None:
 def _log_step(run: Run, loop: Loop, bar: tqdm) -> None:
     host = _checked_metrics(run, loop)
     bar.set_postfix(loss=f"{float(host['loss']):.3f}", acc=f"{float(host['accuracy']):.3f}",
-                    lr=f"{float(host['learning_rate']):.2e}")
+                    lr=f"{float(host['learning_rate']):.2e}", refresh=False)
     run.logger.log({"train/step_loss": float(host["loss"]),
                     "train/learning_rate": float(host["learning_rate"]),
                     "train/lr_scale": float(host["lr_scale"])}, loop.step)
@@ -561,7 +561,8 @@ def _train(run: Run, state: TrainState, meta: dict, stop: _StopRequest) -> Loop:
                           file=sys.stderr)
                 loop.capped = True
                 break
-            bar.set_description(f"epoch {meta['epoch'] + 1}/{run.config.epochs}")
+            if meta["batch_in_epoch"] == 0 or loop.step == first_step:
+                bar.set_description(f"epoch {meta['epoch'] + 1}/{run.config.epochs}", refresh=False)
             wait_start = clock()
             batch = next(batches)
             loop.data_wait += clock() - wait_start
