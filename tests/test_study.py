@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fer_jax import config as config_lib
-from fer_jax import study
+from fer_jax import study, study_runs
 from fer_jax.data.source import prepare_data
 from fer_jax.engine import optim
 from fer_jax.engine.checkpoint import RunCheckpoints, restore_variables
@@ -137,7 +137,7 @@ def test_study_trains_each_experiment_once_and_tabulates_the_best_checkpoints(fe
         assert row["params"] > 1000 and row["wall_seconds"] >= row["train_seconds"]
         # The trainer's own count is the one the checkpoint holds (older runs are counted from it).
         best_variables = restore_variables(pathlib.Path(best["best_checkpoint"]))
-        assert row["params"] == best["params"] == study.parameter_count(best_variables)
+        assert row["params"] == best["params"] == study_runs.parameter_count(best_variables)
         assert f"| {row['experiment']} |" in table
     assert "59.11%" in table  # the seed's own figure sits beside ours
     assert (tmp_path / "official" / "curves.png").stat().st_size > 10_000
