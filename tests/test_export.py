@@ -69,7 +69,7 @@ def test_onnx_backend_of_the_predictor_gives_the_jax_answers():
     from fer_jax.inference.expressions import ExpressionPredictor
     skimage_data = pytest.importorskip("skimage.data")
     photo = skimage_data.astronaut()
-    with_jax = ExpressionPredictor(None, batch_size=8, detector="blazeface").predict_image(photo)
+    with_jax = ExpressionPredictor(None, batch_size=8, detector="blazeface", backend="jax").predict_image(photo)
     with_onnx = ExpressionPredictor(None, detector="blazeface", backend="onnx").predict_image(photo)
     assert [f.label for f in with_onnx] == [f.label for f in with_jax] == ["happy"]
     np.testing.assert_allclose(list(with_onnx[0].probabilities.values()),
@@ -83,3 +83,18 @@ def test_export_command_checks_and_writes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "argmax the same on 512 of 512" in err and "sha256" in err
     assert OnnxClassifier(out).probabilities(np.zeros((2, 48, 48), np.uint8)).shape == (2, 7)
+
+
+def test_a_release_with_its_onnx_file_predicts_without_importing_jax():
+    # JAX, Flax and Orbax are most of a one-photo predict's start-up: the released model's
+    # shipped ONNX file needs none of them.
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np\n"
+            "from fer_jax.inference.expressions import ExpressionPredictor\n"
+            "p = ExpressionPredictor(None, detector='blazeface')\n"
+            "faces = p.predict_faces([np.full((48, 48), 128, np.uint8)])\n"
+            "print(p.backend, len(faces), 'jax' in sys.modules, 'orbax' in sys.modules, 'tensorflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=pathlib.Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["onnx", "1", "False", "False", "False"]

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                         help="face detector: blazeface (fast), mtcnn, or auto: BlazeFace, then MTCNN "
                              f"where BlazeFace finds no face (default: {DEFAULT_DETECTOR})")
+    parser.add_argument("--backend", choices=("auto", "jax", "onnx"), default="auto",
+                        help="run the model with JAX or onnxruntime; auto (default): a release's "
+                             "shipped model.onnx when onnxruntime is installed, else JAX")
     parser.add_argument("--min-confidence", type=_probability, default=None, metavar="P",
                         help="keep detections the detector is at least this sure of "
                              "(default: BlazeFace 0.55, MTCNN 0.95)")
@@ -119,7 +122,8 @@ def _predict(args: argparse.Namespace) -> int:
         return 1
 
     predictor = ExpressionPredictor(args.checkpoint, batch_size=args.batch_size, tta=args.tta,
-                                    detector=make_detector(args.detector, args.min_confidence))
+                                    detector=make_detector(args.detector, args.min_confidence),
+                                    backend=args.backend)
     say(f"model: {predictor.model_name} from {predictor.checkpoint}")
     if predictor.meta.get("synthetic"):
         say(f"note: this model was trained on synthetic data. {predictor.meta.get('notice', '')}".rstrip())

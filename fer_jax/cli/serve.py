@@ -1,4 +1,4 @@
-"""python -m fer_jax.serve [--checkpoint DIR] [--host 127.0.0.1] [--port 8000] [--detector NAME] [--backend jax|onnx]
+"""python -m fer_jax.serve [--checkpoint DIR] [--host 127.0.0.1] [--port 8000] [--detector NAME] [--backend auto|jax|onnx]
 
 A local web app: drop photos or turn on the webcam and see every face boxed with its
 expression and the seven probabilities. Its JSON API: `POST /api/predict` with one image
@@ -17,7 +17,7 @@ from fer_jax.errors import UserError, run_cli
 from fer_jax.faces.detectors import DEFAULT_DETECTOR, DETECTORS
 from fer_jax.serving.limits import MAX_PIXELS, MAX_UPLOAD_BYTES, Limits
 
-BACKENDS = ("jax", "onnx")
+BACKENDS = ("auto", "jax", "onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
                         help=f"face detector (default: {DEFAULT_DETECTOR}: BlazeFace, then MTCNN where it finds none)")
-    parser.add_argument("--backend", choices=BACKENDS, default="jax",
-                        help="run the model with JAX or with onnxruntime (default: jax)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="run the model with JAX or onnxruntime; auto (default): a release's "
+                             "shipped model.onnx when onnxruntime is installed, else JAX")
     parser.add_argument("--tta", action="store_true", help="average each face with its mirror image")
     parser.add_argument("--max-bytes", type=int, default=MAX_UPLOAD_BYTES,
                         help=f"largest upload accepted, in bytes (default: {MAX_UPLOAD_BYTES})")
@@ -60,10 +61,10 @@ def main(argv=None) -> int:
     service = PredictionService(predictor, limits=Limits(args.max_bytes, args.max_pixels))
     warm = service.warm_up()
     print(f"model: {predictor.model_name} from {predictor.checkpoint}; detector {args.detector}, "
-          f"backend {args.backend}; ready in {time.perf_counter() - started:.1f} s (warm-up {warm:.1f} s)",
+          f"backend {predictor.backend}; ready in {time.perf_counter() - started:.1f} s (warm-up {warm:.1f} s)",
           file=sys.stderr)
     app = create_app(service, model_info={"model": predictor.model_name, "checkpoint": str(predictor.checkpoint),
-                                          "detector": args.detector, "backend": args.backend})
+                                          "detector": args.detector, "backend": predictor.backend})
     print(f"serving on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

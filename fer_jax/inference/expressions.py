@@ -20,8 +20,9 @@ from fer_jax.errors import UserError
 from fer_jax.faces.align import align_face, whole_image_face
 from fer_jax.faces.detect import DetectedFace, FaceDetector
 from fer_jax.faces.detectors import DEFAULT_DETECTOR, Detector, make_detector
-from fer_jax.inference.loading import load_model
 from fer_jax.inference.tta import probabilities_with_tta
+
+BACKENDS = ("auto", "jax", "onnx")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -59,28 +60,43 @@ class ExpressionPredictor:
     released model. tta: average each face's probabilities with its mirror image's.
     batch_size: faces per jitted forward pass (fixed, so the model compiles once).
     detector: "auto" (default), "blazeface" or "mtcnn" (fer_jax.faces.detectors), or a
-    detector object. backend: "jax", or "onnx" (onnxruntime: the release's model.onnx, or
-    the model exported in memory).
+    detector object. backend: "jax"; "onnx" (onnxruntime: a release's model.onnx, or the
+    model exported in memory); or "auto" (default): ONNX when the checkpoint is a release
+    that ships model.onnx and onnxruntime is installed, else JAX.
     """
 
     def __init__(self, checkpoint: str | pathlib.Path | None = None, *, batch_size: int = 64,
-                 tta: bool = False, detector: Detector | str | None = None, backend: str = "jax"):
-        loaded = load_model(checkpoint)
-        self.checkpoint: pathlib.Path = loaded.step_dir
-        self.model_name: str = loaded.config.model
-        self.normalization: dict = loaded.normalization
-        self.meta: dict = loaded.meta
+                 tta: bool = False, detector: Detector | str | None = None, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
         self.tta = tta
         # A name (fer_jax.faces.detectors.DETECTORS) or any object with detect(rgb) -> faces.
         self.detector = (make_detector(detector or DEFAULT_DETECTOR)
                          if detector is None or isinstance(detector, str) else detector)
-        if backend == "onnx":
+        from fer_jax.onnx_model.runtime import OnnxClassifier, onnxruntime_installed, shipped_onnx
+        shipped = shipped_onnx(checkpoint) if backend != "jax" and onnxruntime_installed() else None
+        if shipped is not None:
+            # A release's ONNX file: neither JAX nor the checkpoint's arrays are loaded.
+            self.checkpoint: pathlib.Path = shipped.folder
+            self.model_name: str = shipped.meta["config"]["model"]
+            self.normalization: dict = shipped.meta["normalization"]
+            self.meta: dict = shipped.meta
+            self.backend = "onnx"
+            self._classifier = OnnxClassifier(shipped.path)
+            return
+        # JAX, Flax and Orbax take seconds to import: only a predictor that needs them does.
+        from fer_jax.inference.loading import load_model
+        loaded = load_model(checkpoint)
+        self.checkpoint = loaded.step_dir
+        self.model_name = loaded.config.model
+        self.normalization = loaded.normalization
+        self.meta = loaded.meta
+        self.backend = "onnx" if backend == "onnx" else "jax"
+        if self.backend == "onnx":
             from fer_jax.onnx_model.runtime import onnx_classifier
             self._classifier = onnx_classifier(loaded)
-        elif backend == "jax":
-            self._classifier = loaded.classifier(batch_size)
         else:
-            raise UserError(f"unknown backend {backend!r}; expected jax or onnx")
+            self._classifier = loaded.classifier(batch_size)
 
     def classify(self, faces: np.ndarray) -> np.ndarray:
         """float32 (N, 7) probabilities for uint8 (N, 48, 48) FER-framed grayscale faces."""

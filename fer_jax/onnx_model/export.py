@@ -18,12 +18,10 @@ import onnx
 from fer_jax.data.types import CLASS_NAMES, IMAGE_SIZE
 from fer_jax.inference.loading import LoadedModel, build_model
 from fer_jax.onnx_model.convert import to_onnx
+from fer_jax.onnx_model.runtime import ONNX_FILE  # noqa: F401 (where a release keeps its file)
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "probabilities"
-# Where a release folder keeps its ONNX file (the released models ship it; --backend onnx
-# finds it there).
-ONNX_FILE = "model.onnx"
 
 
 def probabilities_fn(loaded: LoadedModel):

@@ -1,12 +1,57 @@
-"""An exported model run by onnxruntime, with the interface of fer_jax.inference.classifier.Classifier."""
+"""An exported model run by onnxruntime, with the interface of fer_jax.inference.classifier.Classifier.
+
+A released model's folder ships its `model.onnx`: `shipped_onnx` finds it and the model's
+metadata (plain JSON) without importing JAX or Orbax, which is most of the start-up time
+of a command that classifies a few faces.
+"""
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
 import pathlib
 
 import numpy as np
 
 from fer_jax.data.types import IMAGE_SIZE, NUM_CLASSES
 from fer_jax.errors import UserError
+
+ONNX_FILE = "model.onnx"
+# Orbax's JSON checkpoint of a release's metadata (config, normalization, ...).
+META_FILE = pathlib.Path("meta") / "metadata"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedOnnx:
+    """A released model's ONNX file, its folder and its metadata."""
+
+    path: pathlib.Path
+    folder: pathlib.Path
+    meta: dict
+
+
+def onnxruntime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def shipped_onnx(checkpoint: str | pathlib.Path | None) -> ShippedOnnx | None:
+    """The ONNX file shipped in a released model's folder (None: the default release),
+    or None when the folder ships none (a training run's checkpoints never do)."""
+    from fer_jax.checkout_packages import installed_release, released_checkpoint
+    if checkpoint is None:
+        folder = released_checkpoint()
+    else:
+        given = pathlib.Path(checkpoint)
+        folder = given if given.exists() else installed_release(given)
+    if folder is None or not (folder / ONNX_FILE).is_file() or not (folder / META_FILE).is_file():
+        return None
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # left to the full checkpoint loader, which names the problem
+    if "normalization" not in meta or "model" not in meta.get("config", {}):
+        return None
+    return ShippedOnnx(folder / ONNX_FILE, folder.absolute(), meta)
 
 
 class OnnxClassifier:
@@ -40,7 +85,7 @@ class OnnxClassifier:
 def onnx_classifier(loaded, *, threads: int | None = None) -> OnnxClassifier:
     """The ONNX classifier of a loaded checkpoint: the model.onnx a released model ships
     in its folder, else the model exported now, in memory."""
-    from fer_jax.onnx_model.export import ONNX_FILE, export_onnx
+    from fer_jax.onnx_model.export import export_onnx
     if (loaded.step_dir / ONNX_FILE).is_file():
         return OnnxClassifier(loaded.step_dir / ONNX_FILE, threads=threads)
     return OnnxClassifier(export_onnx(loaded).SerializeToString(), threads=threads)
