@@ -1,4 +1,4 @@
-"""Settings several seed experiments share (imported by the experiment files)."""
+"""Settings several experiments of the original study share (imported by the experiment files)."""
 
 
 def seed_augmentation(c):

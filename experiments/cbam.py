@@ -1,7 +1,7 @@
-"""cbam: the seed study's CNN with CBAM attention.
+"""cbam: the original study's CNN with CBAM attention.
 
-Redoes the seed's CBAM experiment (three conv stages of 32/64/128 with channel and
-spatial attention). The seed expected 60-65% but reported no run. Here: 66.2%
+Redoes the original study's CBAM experiment (three conv stages of 32/64/128 with channel and
+spatial attention). The original study expected 60-65% but reported no run. Here: 66.2%
 PublicTest after 30 epochs (66.8% ten-crop), 111 minutes; a member of `ensemble`.
 """
 from fer_jax.experiments._common import seed_augmentation

@@ -1,6 +1,6 @@
 """deep_cnn_v1: four conv blocks (32-64-128-256), global average pooling, Dense 512.
 
-Redoes the seed's deeper CNN v1: 57.72% validation accuracy with 93.9% training
+Redoes the original study's deeper CNN v1: 57.72% validation accuracy with 93.9% training
 accuracy (overfitting), on its 80/20 split of Training.
 """
 from fer_jax.experiments._common import seed_augmentation

@@ -1,7 +1,7 @@
 """deep_cnn_v2: the deeper CNN with more regularization (dropout 0.7, spatial dropout, narrower top).
 
-Redoes the seed's deeper CNN v2, whose report repeated v1's numbers (57.72%), so no
-figure of its own exists.
+Redoes the original study's deeper CNN v2, whose report repeated v1's numbers (57.72%),
+so no figure of its own exists.
 """
 from fer_jax.experiments.deep_cnn_v1 import get_config as v1_config
 

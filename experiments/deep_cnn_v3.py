@@ -1,6 +1,6 @@
 """deep_cnn_v3: deep_cnn_v2 with the full augmentation set.
 
-Redoes the seed's deeper CNN v3, which "needed a long time to reach 40%" (no final
+Redoes the original study's deeper CNN v3, which "needed a long time to reach 40%" (no final
 figure reported).
 """
 from fer_jax.experiments._common import full_augmentation

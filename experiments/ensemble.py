@@ -1,6 +1,6 @@
 """ensemble: the final model (ResNet-18, two stages) and the CBAM CNN, probabilities averaged.
 
-Redoes the seed's ensemble step, which reported no figure. Each member is its own
+Redoes the original study's ensemble step, which reported no figure. Each member is its own
 experiment, trained in turn under WORKDIR/members/NAME (resuming any already
 trained): `cbam`, then `resnet`, then `final`, which starts from the `resnet` member
 trained here. `resnet` has weight 0: it is trained as `final`'s first stage and not

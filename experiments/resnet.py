@@ -1,6 +1,6 @@
 """resnet: ResNet-18 (BasicBlocks 2-2-2-2) sized for 48x48 faces on a CPU.
 
-Redoes the seed's ResNet experiment, which reported no figure. Stage widths are
+Redoes the original study's ResNet experiment, which reported no figure. Stage widths are
 32-64-128-256 (half of ImageNet's) and the stem is a 3x3 conv followed by a 2x2
 max-pool, so the stages see 24, 12, 6 and 3 pixels: about 1/16 of the compute of
 the full-width ResNet-18 without pooling (which trains at about 19 images/s on a

@@ -1,7 +1,7 @@
-"""simple_cnn_v1: the seed study's first, plain CNN.
+"""simple_cnn_v1: the original study's first, plain CNN.
 
-Redoes the seed's simple CNN v1 (two 5x5 convs, dropout 0.3, Adam lr 1e-3, no
-augmentation). The seed reported 57.66% validation accuracy on its 80/20 split of
+Redoes the original study's simple CNN v1 (two 5x5 convs, dropout 0.3, Adam lr 1e-3, no
+augmentation). The original study reported 57.66% validation accuracy on its 80/20 split of
 Training, early-stopped at epoch 12.
 """
 from fer_jax.config import base_config

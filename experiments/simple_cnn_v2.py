@@ -1,8 +1,8 @@
 """simple_cnn_v2: the simple CNN with BatchNorm, augmentation, weight decay and a plateau schedule.
 
-Redoes the seed's simple CNN v2 (lr 5e-4, weight decay 1e-4, ReduceLROnPlateau,
-early stopping patience 7). The seed reported 59.11% best validation accuracy on its
-80/20 split of Training: its best result overall.
+Redoes the original study's simple CNN v2 (lr 5e-4, weight decay 1e-4,
+ReduceLROnPlateau, early stopping patience 7). The original study reported 59.11% best
+validation accuracy on its 80/20 split of Training: its best result overall.
 """
 from fer_jax.experiments._common import seed_augmentation
 from fer_jax.config import base_config

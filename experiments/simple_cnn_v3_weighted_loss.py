@@ -1,7 +1,7 @@
 """simple_cnn_v3_weighted_loss: the v3 recipe with the class-weighted loss only.
 
-Not a seed experiment: the fix for the seed's v3 collapse (one imbalance correction,
-not two). The seed reported no figure for it.
+Not an experiment of the original study: the fix for the original study's v3 collapse
+(one imbalance correction, not two). The original study reported no figure for it.
 """
 from fer_jax.experiments.simple_cnn_v3 import get_config as v3_config
 
