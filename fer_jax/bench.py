@@ -70,7 +70,7 @@ def bench_targets(models: Sequence[str], experiments: Sequence[str]) -> list[Ben
         if config.ensemble.members:
             raise UserError(f"experiment {name} is an ensemble of "
                             f"{', '.join(config.ensemble.members)}: time its members instead")
-        # As the trainer builds it (fer_jax.engine.inference.build_model).
+        # As the trainer builds it (fer_jax.inference.loading.build_model).
         kwargs = {**transfer_model_kwargs(config), **config.model_kwargs.to_dict()}
         targets.append(BenchTarget(f"{name} ({config.model})", config.model, kwargs))
     return targets
