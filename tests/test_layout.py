@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Folders whose modules are imported under another name (pyproject's package-dir).
 MAPPED_FOLDERS = {"experiments": "fer_jax.experiments", "release": "fer_jax.released"}
@@ -198,3 +200,50 @@ def test_every_package_folder_is_installed():
                if "__pycache__" not in path.parts}
     assert folders - set(settings["packages"]) == set()
     assert set(settings["package-dir"].values()) == set(MAPPED_FOLDERS) | {"fer_jax"}
+
+
+JAX_PACKAGES = ("jax", "flax", "optax", "orbax", "chex")
+
+
+def top_level_imports(path: pathlib.Path) -> set[str]:
+    """Every name imported when the module is imported: the module body, outside functions."""
+    names = set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names.update([node.module] + [f"{node.module}.{alias.name}" for alias in node.names])
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    visit(getattr(node, field, []))
+            elif isinstance(node, ast.ExceptHandler):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text(), str(path)).body)
+    return names
+
+
+def imports_jax_on_import(name: str, modules: dict[str, pathlib.Path]) -> list[str]:
+    """The chain of project modules by which importing NAME imports jax, or []."""
+    seen, stack = set(), [(name, [name])]
+    while stack:
+        current, chain = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        imported = top_level_imports(modules[current])
+        if any(n.split(".")[0] in JAX_PACKAGES for n in imported):
+            return chain
+        for target in imported:
+            module = next((m for m in _prefixes(target) if m in modules), None)
+            if module is not None:
+                stack.append((module, chain + [module]))
+    return []
+
+
+@pytest.mark.parametrize("command", ["fer_jax.cli.train", "fer_jax.cli.study", "fer_jax.train", "fer_jax.study"])
+def test_the_training_commands_split_the_cpu_before_jax_is_imported(command):
+    # runtime.split_cpu_into_devices only works before jax is imported.
+    assert imports_jax_on_import(command, project_modules()) == []
