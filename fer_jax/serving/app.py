@@ -42,10 +42,16 @@ class PredictionService:
         return [{"file": name, "frame": None, **face.to_json()} for face in faces]
 
     def warm_up(self) -> float:
-        """Seconds for one prediction on a blank picture (compiles the model, loads the detector)."""
+        """Seconds to compile the model and load the first detector, on blank pictures.
+
+        A fallback detector (MTCNN behind BlazeFace in "auto") is left to load on the first
+        picture that needs it: TensorFlow's import alone takes seconds.
+        """
         started = time.perf_counter()
+        detector = self.predictor.detector
+        first = getattr(detector, "detectors", (detector,))[0]
         with self._lock:
-            self.predictor.predict_image(np.zeros((96, 128, 3), np.uint8))
+            first.detect(np.zeros((96, 128, 3), np.uint8))
             self.predictor.classify(np.zeros((1, 48, 48), np.uint8))
         return time.perf_counter() - started
 
