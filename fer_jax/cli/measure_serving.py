@@ -1,4 +1,4 @@
-"""python -m fer_jax.serving.measure [--detector NAME] [--backend jax|onnx] [--requests N] [--concurrency C]
+"""python -m fer_jax.cli.measure_serving [--detector NAME] [--backend jax|onnx] [--requests N] [--concurrency C]
 
 Measures the web app on this machine: a real uvicorn server on 127.0.0.1 (a free port)
 answers a fixed number of POST /api/predict requests of one 640 x 480 single-face photo
@@ -34,9 +34,9 @@ def percentiles(latencies: list[float]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_jax.serving.measure")
+    parser = argparse.ArgumentParser(prog="python -m fer_jax.cli.measure_serving")
     parser.add_argument("--detector", default="blazeface")
-    parser.add_argument("--backend", default="jax")
+    parser.add_argument("--backend", default="auto")
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
