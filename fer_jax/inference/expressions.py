@@ -20,7 +20,7 @@ from fer_jax.errors import UserError
 from fer_jax.faces.align import align_face, whole_image_face
 from fer_jax.faces.detect import DetectedFace, FaceDetector
 from fer_jax.faces.detectors import DEFAULT_DETECTOR, Detector, make_detector
-from fer_jax.inference.tta import probabilities_with_tta
+from fer_jax.inference.tta import check_tta, probabilities_with_tta
 
 BACKENDS = ("auto", "jax", "onnx")
 
@@ -57,7 +57,8 @@ class ExpressionPredictor:
     """A restored model, its training normalization and a face detector, kept together.
 
     checkpoint: a run's workdir (its best checkpoint), a step folder, or None for the
-    released model. tta: average each face's probabilities with its mirror image's.
+    released model. tta: a mode of fer_jax.inference.tta ("none", "flip", "flip_crops"),
+    or True for "flip" (each face averaged with its mirror image) and False for "none".
     batch_size: faces per jitted forward pass (fixed, so the model compiles once).
     detector: "auto" (default), "blazeface" or "mtcnn" (fer_jax.faces.detectors), or a
     detector object. backend: "jax"; "onnx" (onnxruntime: a release's model.onnx, or the
@@ -66,10 +67,11 @@ class ExpressionPredictor:
     """
 
     def __init__(self, checkpoint: str | pathlib.Path | None = None, *, batch_size: int = 64,
-                 tta: bool = False, detector: Detector | str | None = None, backend: str = "auto"):
+                 tta: bool | str = False, detector: Detector | str | None = None, backend: str = "auto"):
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
         self.tta = tta
+        self.tta_mode = ("flip" if tta else "none") if isinstance(tta, bool) else check_tta(tta)
         # A name (fer_jax.faces.detectors.DETECTORS) or any object with detect(rgb) -> faces.
         self.detector = (make_detector(detector or DEFAULT_DETECTOR)
                          if detector is None or isinstance(detector, str) else detector)
@@ -93,7 +95,7 @@ class ExpressionPredictor:
         self.meta = loaded.meta
         self.backend = "onnx" if backend == "onnx" else "jax"
         if self.backend == "onnx":
-            from fer_jax.onnx_model.runtime import onnx_classifier
+            from fer_jax.onnx_model.export import onnx_classifier
             self._classifier = onnx_classifier(loaded)
         else:
             self._classifier = loaded.classifier(batch_size)
@@ -106,7 +108,7 @@ class ExpressionPredictor:
         if len(faces) == 0:
             return np.zeros((0, NUM_CLASSES), np.float32)
         # Mirrored faces are as likely in FER2013 as the originals (training flips them too).
-        return probabilities_with_tta(self._classifier, faces, "flip" if self.tta else "none")
+        return probabilities_with_tta(self._classifier, faces, self.tta_mode)
 
     def predict_faces(self, faces: Sequence[np.ndarray]) -> list[FacePrediction]:
         """Images that already are face crops (a list, or an array whose first axis runs

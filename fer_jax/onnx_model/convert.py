@@ -17,7 +17,7 @@ import jax
 from jax.extend.core import Literal
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 OPSET = 18
 _ELEMENTWISE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
@@ -185,4 +185,4 @@ def to_onnx(fn: Callable[[Any], Any], example: jax.ShapeDtypeStruct, *, input_na
     return model
 
 
-__all__ = ["OPSET", "TensorProto", "UnsupportedPrimitive", "to_onnx"]
+__all__ = ["OPSET", "UnsupportedPrimitive", "to_onnx"]

@@ -18,7 +18,7 @@ import onnx
 from fer_jax.data.types import CLASS_NAMES, IMAGE_SIZE
 from fer_jax.inference.loading import LoadedModel, build_model
 from fer_jax.onnx_model.convert import to_onnx
-from fer_jax.onnx_model.runtime import ONNX_FILE  # noqa: F401 (where a release keeps its file)
+from fer_jax.onnx_model.runtime import ONNX_FILE, OnnxClassifier
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "probabilities"
@@ -56,3 +56,11 @@ def write_onnx(model: onnx.ModelProto, path: str | pathlib.Path) -> str:
     data = model.SerializeToString()
     pathlib.Path(path).write_bytes(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def onnx_classifier(loaded: LoadedModel, *, threads: int | None = None) -> OnnxClassifier:
+    """The ONNX classifier of a loaded checkpoint: the model.onnx a released model ships
+    in its folder, else the model exported now, in memory."""
+    if (loaded.step_dir / ONNX_FILE).is_file():
+        return OnnxClassifier(loaded.step_dir / ONNX_FILE, threads=threads)
+    return OnnxClassifier(export_onnx(loaded).SerializeToString(), threads=threads)

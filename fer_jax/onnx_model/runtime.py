@@ -80,12 +80,3 @@ class OnnxClassifier:
         if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected (N, {IMAGE_SIZE}, {IMAGE_SIZE}) faces, got {images.shape}")
         return self._session.run(None, {self._input: images})[0]
-
-
-def onnx_classifier(loaded, *, threads: int | None = None) -> OnnxClassifier:
-    """The ONNX classifier of a loaded checkpoint: the model.onnx a released model ships
-    in its folder, else the model exported now, in memory."""
-    from fer_jax.onnx_model.export import export_onnx
-    if (loaded.step_dir / ONNX_FILE).is_file():
-        return OnnxClassifier(loaded.step_dir / ONNX_FILE, threads=threads)
-    return OnnxClassifier(export_onnx(loaded).SerializeToString(), threads=threads)
