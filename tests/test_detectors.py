@@ -129,8 +129,8 @@ def test_fer_faces_filling_the_frame_are_found(fer_sample_path):
     found = sum(len(detector.detect(filling_the_frame(face))) == 1 for face in faces)
     if found < 30:
         pytest.skip("the FER sample here is generated noise, without faces")
-    # Measured: 96 of these 100 (BlazeFace alone 94, MTCNN alone 83).
-    assert found >= 92
+    # Measured: BlazeFace alone finds 98 of these 100, MTCNN alone 83.
+    assert found >= 95
 
 
 def test_fer_faces_set_in_a_photo_are_found_and_framed_back(detector, fer_sample_path):
