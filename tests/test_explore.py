@@ -6,8 +6,6 @@ import hashlib
 import math
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from fer_jax.data.readers import read_fer
 from fer_jax.data.synthetic import SYNTHETIC_NOTICE
 from fer_jax.data.types import (CLASS_NAMES, NUM_CLASSES, PRIVATE_TEST, PUBLIC_TEST, TRAINING,
                                 UNLABELLED, FerData)
+from fer_jax.errors import run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The shared data README's class counts (angry ... neutral).
@@ -282,34 +281,37 @@ def test_command_on_unlabelled_rows_still_reports(tmp_path, monkeypatch):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
-def run_command(*args: str, tmp_path: pathlib.Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FER_JAX_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "fer_jax.explore", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+def run_command(capsys, monkeypatch, tmp_path: pathlib.Path, *args: str) -> tuple[int, str]:
+    """The command as `python -m fer_jax.explore` runs it, in this process: (exit status, stderr)."""
+    monkeypatch.setenv("FER_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(explore_cli.main, list(args))
+    return exit_.value.code, capsys.readouterr().err
 
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_missing_file_is_one_line_exit_2(tmp_path):
+def test_missing_file_is_one_line_exit_2(capsys, monkeypatch, tmp_path):
     missing = tmp_path / "no_such_fer2013.csv"
-    result = run_command("--data", str(missing), "--out", str(tmp_path / "out"), tmp_path=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert error_lines(result.stderr) == [f"error: {missing}: no such file or folder"]
-    assert result.stderr.strip().splitlines()[-1].startswith("error:")
+    status, err = run_command(capsys, monkeypatch, tmp_path, "--data", str(missing), "--out", str(tmp_path / "out"))
+    assert status == 2
+    # Progress lines come first; the one error line ends the output.
+    assert error_lines(err) == [f"error: {missing}: no such file or folder"]
+    assert err.strip().splitlines()[-1].startswith("error:")
     assert not (tmp_path / "out" / "report.md").exists()
 
 
-def test_unwritable_output_is_one_line_exit_2(tmp_path):
+def test_unwritable_output_is_one_line_exit_2(capsys, monkeypatch, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     source = write_kaggle_csv(tmp_path / "tiny.csv", *generated_fer_arrays(n_per_class_split=1))
-    result = run_command("--data", str(source), "--out", str(blocker / "out"), tmp_path=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert len(error_lines(result.stderr)) == 1 and "output folder" in result.stderr
+    status, err = run_command(capsys, monkeypatch, tmp_path, "--data", str(source), "--out", str(blocker / "out"))
+    assert status == 2
+    lines = error_lines(err)
+    assert len(lines) == 1 and "output folder" in lines[0] and err.strip().endswith(lines[0])
 
 
 # ------------------------------------------------------------------------ the real public file

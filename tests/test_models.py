@@ -415,9 +415,14 @@ def test_pool_stem_keeps_the_parameters_and_quarters_the_stages_input():
     pooled = get_model("resnet18", width=8, stem="pool")
     assert (jax.tree.map(lambda a: a.shape, abstract_params(cifar))
             == jax.tree.map(lambda a: a.shape, abstract_params(pooled)))
-    variables = pooled.init(key(0), images(), train=False)
-    _, state = pooled.apply(variables, images(), train=False, capture_intermediates=True,
-                            mutable=["intermediates"])
-    first_block = state["intermediates"]["stage1_block1"]["__call__"][0]
+
+    @jax.jit  # one compilation for init and both passes
+    def run(x):
+        variables = pooled.init(key(0), x, train=False)
+        _, state = pooled.apply(variables, x, train=False, capture_intermediates=True,
+                                mutable=["intermediates"])
+        return state["intermediates"]["stage1_block1"]["__call__"][0], pooled.apply(variables, x, train=False)
+
+    first_block, logits = run(images())
     chex.assert_shape(first_block, (BATCH, 24, 24, 8))
-    chex.assert_tree_all_finite(pooled.apply(variables, images(), train=False))
+    chex.assert_tree_all_finite(logits)

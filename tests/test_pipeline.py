@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from fer_jax.data import pipeline
 from fer_jax.data.augment import AugmentConfig
@@ -35,7 +36,6 @@ def train_list(images, labels, **kwargs) -> list[dict]:
 
 
 def test_tensorflow_sees_no_gpu():
-    import tensorflow as tf
     assert tf.config.get_visible_devices("GPU") == []
 
 
@@ -229,7 +229,7 @@ def test_one_stream_over_several_epochs_is_those_epochs_in_turn():
 
 def test_training_stream_runs_without_tf_data_autotuning():
     # Autotuning's thread made dropping an epoch's iterator take 12-15 s beside a running
-    # step on the 2-core machine (BUILD_NOTES, "Epoch boundaries").
+    # step on the 2-core machine (docs/results/bench.md, "Epoch boundaries").
     images, labels = make_data(64)
     dataset = pipeline.train_dataset(images, labels, global_batch_size=16, seed=0, epoch=0,
                                      augment=AugmentConfig.none(), balanced=False, norm=NORM)

@@ -1,6 +1,6 @@
 """Predicting expressions on photos, folders and videos: the Python API and the command.
 
-The model is a tiny one trained here for 3 steps (its accuracy does not matter: these
+The model is a tiny one trained for 2 steps (its accuracy does not matter: these
 tests check faces, framing, normalization, outputs and error handling); the photos are
 real ones that ship inside scikit-image.
 """
@@ -10,18 +10,20 @@ import json
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from fer_jax import config as config_lib
+from fer_jax.cli.predict import main
+from fer_jax.data.pipeline import eval_batches
 from fer_jax.data.readers import read_fer
-from fer_jax.data.source import prepare_data
 from fer_jax.data.types import CLASS_NAMES
-from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError, run_cli
 from fer_jax.faces.align import align_face, whole_image_face
-from fer_jax.predict import main
+from fer_jax.faces.annotate import CLASS_COLOURS
+from fer_jax.inference.loading import load_model
+from fer_jax.predictor import ExpressionPredictor
 
 skimage_data = pytest.importorskip("skimage.data")
 av = pytest.importorskip("av")
@@ -34,18 +36,13 @@ def rgb(image: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(fer_sample_path, tmp_path_factory) -> pathlib.Path:
-    config = config_lib.load_experiment("simple_cnn_v1")
-    config.max_train_steps = 3
-    config.batch_size = 32
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(fer_sample_path)), progress=False)
-    return workdir
+def checkpoint(simple_run) -> pathlib.Path:
+    """conftest's two-step simple_cnn_v1 run, shared with the other command tests."""
+    return simple_run
 
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint):
-    from fer_jax.predictor import ExpressionPredictor
     return ExpressionPredictor(checkpoint, batch_size=8)
 
 
@@ -114,10 +111,6 @@ def test_api_finds_and_classifies_faces(predictor):
 
 
 def test_faces_are_normalized_exactly_as_in_training(predictor, checkpoint, fer_sample_path):
-    import jax
-    from fer_jax.data.pipeline import eval_batches
-    from fer_jax.inference.loading import load_model
-
     images = read_fer(fer_sample_path).images[:5]
     _, model, variables, norm, _, _ = load_model(checkpoint)
     assert norm == predictor.normalization and 0.3 < norm["mean"] < 0.7  # the data's, not 0/1
@@ -131,7 +124,6 @@ def test_faces_are_normalized_exactly_as_in_training(predictor, checkpoint, fer_
 
 
 def test_tta_averages_each_face_with_its_mirror(checkpoint, predictor, fer_sample_path):
-    from fer_jax.predictor import ExpressionPredictor
     images = read_fer(fer_sample_path).images[:3]
     with_tta = ExpressionPredictor(checkpoint, batch_size=8, tta=True).classify(images)
     plain, mirrored = predictor.classify(images), predictor.classify(images[:, :, ::-1].copy())
@@ -181,7 +173,6 @@ def test_folder_and_video_json_and_annotated_copies(capsys, checkpoint, photos, 
     assert sorted(p.name for p in (out / "pan").iterdir()) == ["frame_000000.jpg", "frame_000002.jpg",
                                                                "frame_000004.jpg"]
     # The box is drawn in the label's colour.
-    from fer_jax.faces.annotate import CLASS_COLOURS
     record = by_file[str(photos / "astronaut.png")][0]
     x, y, w, h = record["box"]
     annotated = np.asarray(Image.open(out / "album" / "astronaut.png"))

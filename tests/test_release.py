@@ -6,10 +6,14 @@ import json
 import numpy as np
 import pytest
 
+from conftest import write_kaggle_csv
 from fer_jax import checkout_packages
 from fer_jax import model_release as release
 from fer_jax.checkout_packages import released_checkpoint
 from fer_jax.cli import evaluate
+from fer_jax.data.cache import load_fer_cached
+from fer_jax.data.synthetic import make_synthetic
+from fer_jax.engine.checkpoint import resolve_checkpoint
 from fer_jax.errors import UserError
 from fer_jax.inference.ensemble import member_probabilities
 from fer_jax.inference.loading import load_model
@@ -33,7 +37,6 @@ def test_release_holds_variables_and_meta_only(released):
 
 
 def test_released_model_predicts_what_its_checkpoint_predicts(released, simple_run, fer_sample_path):
-    from fer_jax.data.cache import load_fer_cached
     images = load_fer_cached(fer_sample_path).split("PublicTest").images[:64]
     np.testing.assert_allclose(member_probabilities(released[0], images),
                                member_probabilities(simple_run, images), rtol=1e-6, atol=1e-7)
@@ -67,8 +70,6 @@ def test_no_release_gives_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_release_must_be_scored_on_the_data_it_was_trained_on(simple_run, tmp_path):
-    from tests.conftest import write_kaggle_csv
-    from fer_jax.data.synthetic import make_synthetic
     data = make_synthetic(400, seed=123, usage_fractions=(0.5, 0.5, 0.0))
     other = write_kaggle_csv(tmp_path / "other.csv", data.images, data.labels, data.usage)
     with pytest.raises(UserError, match="not the data set this model was trained on"):
@@ -108,7 +109,6 @@ def test_a_new_label_replaces_the_runs_own_and_names_it(simple_run, fer_sample_p
 
 
 def test_release_paths_find_the_shipped_models_outside_a_checkout(tmp_path, monkeypatch):
-    from fer_jax.engine.checkpoint import resolve_checkpoint
     monkeypatch.chdir(tmp_path)  # no release/ folder here
     assert resolve_checkpoint("release/final") == released_checkpoint("final")
     with pytest.raises(UserError, match="release/nothing: checkpoint folder not found"):

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import time
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fer_jax.data import synthetic
@@ -135,10 +139,6 @@ def test_notice_says_synthetic_and_not_real():
 
 def _linear_softmax_accuracy(train: FerData, val: FerData, steps: int = 300) -> float:
     """Full-batch L2-regularized softmax regression on standardized pixels."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     x = train.images.reshape(len(train), -1).astype(np.float32)
     mean, std = x.mean(0), x.std(0) + 1e-3
     x = jnp.asarray((x - mean) / std)
@@ -177,11 +177,6 @@ def test_linear_model_on_pixels_stays_well_below_80_percent(data_20k):
 
 @pytest.mark.slow
 def test_small_cnn_learns_the_expressions_above_80_percent():
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     class SmallCnn(nn.Module):
         @nn.compact
         def __call__(self, x):

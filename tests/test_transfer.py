@@ -16,8 +16,14 @@ import optax
 import pytest
 from flax import traverse_util
 
-from fer_jax.config import base_config, load_experiment
+from fer_jax.cli import convert as convert_cli
+from fer_jax.config import apply_overrides, base_config, load_experiment
+from fer_jax.data.source import prepare_data
 from fer_jax.engine import optim
+from fer_jax.engine.checkpoint import resolve_checkpoint, restore_variables
+from fer_jax.engine.parallel import DATA_AXIS, StepRunner
+from fer_jax.engine.step import TrainState, make_step_fns
+from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import DataError, UserError, run_cli
 from fer_jax.models.resnet import ResNet
 from fer_jax.models.vgg_imagenet import VGG16_STAGES, VGGImageNet, adaptive_avg_pool, resize_input
@@ -407,12 +413,10 @@ def test_pickled_model_is_refused(torch, tmp_path):
 # ------------------------------------------------------------------------------ the command
 
 def test_convert_command_writes_a_checkpoint_that_loads(weight_files, tmp_path, capsys):
-    from fer_jax import convert as command
-
     _, path = weight_files["resnet18"]
     out = tmp_path / "converted"
     with pytest.raises(SystemExit) as exit_:
-        run_cli(command.main, [str(path), "--arch", "resnet18", "--out", str(out)])
+        run_cli(convert_cli.main, [str(path), "--arch", "resnet18", "--out", str(out)])
     assert exit_.value.code == 0
     assert "--set init_from=" in capsys.readouterr().out
     from_pth = convert.read_pretrained(path, "resnet18")
@@ -425,8 +429,6 @@ def test_convert_command_writes_a_checkpoint_that_loads(weight_files, tmp_path, 
 
 @pytest.mark.parametrize("case", ["corrupt", "other_arch", "truncated", "existing_out"])
 def test_convert_command_errors_are_one_line(weight_files, tmp_path, capsys, case):
-    from fer_jax import convert as command
-
     _, path = weight_files["resnet34" if case == "other_arch" else "resnet18"]
     out = tmp_path / "out"
     if case == "corrupt":
@@ -440,7 +442,7 @@ def test_convert_command_errors_are_one_line(weight_files, tmp_path, capsys, cas
         out.mkdir()
         (out / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit) as exit_:
-        run_cli(command.main, [str(path), "--arch", "resnet18", "--out", str(out)])
+        run_cli(convert_cli.main, [str(path), "--arch", "resnet18", "--out", str(out)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
@@ -610,10 +612,6 @@ def test_keep_frozen_batch_stats_restores_only_frozen_parts():
 def test_a_train_step_leaves_frozen_parts_and_their_statistics_alone():
     """The trainer's own step (jit + shard_map, BatchNorm over the data axis) with the
     fine-tuning optimizer and frozen_bn_apply."""
-    from fer_jax.engine import optim
-    from fer_jax.engine.parallel import DATA_AXIS, StepRunner
-    from fer_jax.engine.step import TrainState, make_step_fns
-
     model, variables = _small_resnet()
     model = model.clone(bn_axis_name=DATA_AXIS)
     config = _transfer_config(freeze=("stem", "stage1"))
@@ -646,13 +644,8 @@ def test_transfer_experiments_load(name, model):
 
 def test_train_command_fine_tunes_from_a_torchvision_file(torch, weight_files, fer_sample_path, tmp_path):
     """End to end: experiments/resnet_transfer with --set init_from=FILE."""
-    from fer_jax import config as config_lib
-    from fer_jax.data.source import prepare_data
-    from fer_jax.engine.checkpoint import resolve_checkpoint, restore_variables
-    from fer_jax.engine.trainer import train_and_evaluate
-
     weights = weight_files["resnet18"][1]
-    config = config_lib.apply_overrides(config_lib.load_experiment("resnet_transfer"), [
+    config = apply_overrides(load_experiment("resnet_transfer"), [
         f"init_from={weights}", "transfer.input_size=48", "transfer.freeze=('stem','stage1')",
         "max_train_steps=2", "batch_size=16", "warmup_epochs=1.0"])
     prepared = prepare_data(config.data, str(fer_sample_path))
