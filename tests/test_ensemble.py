@@ -72,6 +72,19 @@ def test_flip_tta_of_a_mirror_symmetric_face_changes_nothing(simple_run, public_
                            atol=1e-6)
 
 
+def test_expression_predictor_speaks_the_tta_vocabulary(simple_run, public_test):
+    from fer_jax.errors import UserError
+    from fer_jax.predictor import ExpressionPredictor
+    faces = public_test.images[:8]
+    crops = ExpressionPredictor(simple_run, batch_size=8, tta="flip_crops", backend="jax").classify(faces)
+    np.testing.assert_allclose(crops, ensemble.member_probabilities(simple_run, faces, "flip_crops"), atol=1e-6)
+    # True and False stay the documented spellings of "flip" and "none".
+    assert ExpressionPredictor(simple_run, tta=True, backend="jax").tta_mode == "flip"
+    assert ExpressionPredictor(simple_run, backend="jax").tta_mode == "none"
+    with pytest.raises(UserError, match="flip_crops"):
+        ExpressionPredictor(simple_run, tta="mirror", backend="jax")
+
+
 def test_command_reports_members_and_ensemble(simple_run, cbam_run, fer_sample_path, public_test,
                                               tmp_path, capsys):
     out = tmp_path / "report"
