@@ -31,6 +31,8 @@ def test_nothing_changes_once_jax_runs_or_when_xla_flags_set_the_count(monkeypat
 
 @pytest.mark.parametrize("setting", [None, "1"])
 def test_the_train_command_uses_the_configured_cpu_devices(fer_sample_path, tmp_path, setting):
+    # A fresh interpreter: JAX fixes the device count when it starts, and this process's
+    # JAX has started (with the suite's devices), so only a new process shows the command's split.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
     command = [sys.executable, "-m", "fer_jax.train", "--experiment=simple_cnn_v1",
