@@ -10,6 +10,7 @@ model is loaded. It listens on 127.0.0.1 (this machine only) unless --host says 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_compilation_cache() -> None:
+    """JAX's persistent compilation cache in the project's cache folder, unless one is set:
+    a restarted server with the JAX backend reads its compiled model from disk."""
+    from fer_jax.data.cache import default_cache_dir
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(default_cache_dir() / "jax"))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not 0 < args.port < 65536:
@@ -52,6 +60,7 @@ def main(argv=None) -> int:
         raise UserError(f"the web app needs its extra dependencies: pip install 'fer_jax[serve]' ({err})") from None
     from fer_jax.runtime import quiet_tensorflow
     quiet_tensorflow()
+    use_compilation_cache()  # read when JAX is imported, i.e. only if the JAX backend is used
     from fer_jax.inference.expressions import ExpressionPredictor
 
     started = time.perf_counter()
