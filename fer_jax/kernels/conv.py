@@ -21,6 +21,10 @@ from fer_jax.kernels import build
 
 NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+# Convolutions with this few input or output channels stay on XLA: oneDNN has no fast
+# kernel for them (CBAM's 7x7 2 -> 1 conv: backward-weights 49 ms against XLA's 0.6 ms
+# at 24x24, batch 64), and XLA's is as fast for the first layer's 1 -> 32 forward.
+MIN_CHANNELS = 3
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -93,7 +97,8 @@ def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
 @dataclasses.dataclass(frozen=True)
 class OnednnConvGeneralDilated:
     """lax.conv_general_dilated's signature; NHWC/HWIO float32 and bfloat16 convolutions
-    run on oneDNN with THREADS threads (0: oneDNN's default), the rest on XLA.
+    with at least MIN_CHANNELS input and output channels run on oneDNN with THREADS
+    threads (0: oneDNN's default), the rest on XLA.
 
     A frozen dataclass rather than a closure: equal settings compare (and hash) equal, so
     that Flax modules holding it do too.
@@ -112,7 +117,8 @@ class OnednnConvGeneralDilated:
                    and all(d == 1 for d in (rhs_dilation or (1, 1)))
                    and feature_group_count == 1 and batch_group_count == 1
                    and preferred_element_type is None
-                   and lhs.dtype == rhs.dtype and jnp.dtype(lhs.dtype) in SUPPORTED_DTYPES)
+                   and lhs.dtype == rhs.dtype and jnp.dtype(lhs.dtype) in SUPPORTED_DTYPES
+                   and min(rhs.shape[2], rhs.shape[3]) >= MIN_CHANNELS)
         if not covered:
             return lax.conv_general_dilated(
                 lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
