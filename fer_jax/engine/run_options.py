@@ -20,6 +20,7 @@ class RunOptions:
     wandb_mode: str = "offline"  # online, offline or disabled; WANDB_MODE wins
     wandb_project: str = "facial-expression-recognition"
     progress: bool = True
+    wandb_tags: tuple[str, ...] = ()  # added to the run's own tags (model, data, experiment)
     clock: Callable[[], float] = time.monotonic  # the budget's clock (tests inject one)
 
 

@@ -330,7 +330,8 @@ def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: Prepare
     train_fn, eval_fn = make_step_fns(apply_fn, optimizer.tx, class_weights, config.label_smoothing,
                                       config.eval_tta, learning_rate_fn=optimizer.learning_rate)
     logger = RunLogger(meta["config"], workdir, mode=options.wandb_mode, project=options.wandb_project,
-                       tags=[config.model, prepared.identity["name"], config.experiment or "adhoc"],
+                       tags=[config.model, prepared.identity["name"], config.experiment or "adhoc",
+                             *options.wandb_tags],
                        name=config.experiment or config.model, enabled=is_main)
     run = Run(config=config, workdir=workdir, options=options, prepared=prepared,
               steps_per_epoch=steps_per_epoch,
@@ -599,6 +600,16 @@ def _log_best_to_wandb(run: Run, best_dir: pathlib.Path, summary: dict, step: in
                          summary={k: v for k, v in summary.items() if k != "history"})
 
 
+def _stopped_by(run: Run, loop: Loop) -> str:
+    """Why the loop ended: early_stopping, schedule_end (every epoch trained), max_train_steps or budget."""
+    if loop.meta["stopped_early"]:
+        return "early_stopping"
+    if not loop.capped:
+        return "schedule_end"
+    cap = run.config.max_train_steps
+    return "max_train_steps" if cap and loop.step >= cap else "budget"
+
+
 def _summary(run: Run, loop: Loop) -> dict:
     best_step = run.checkpoints.best.best_step()
     best_dir = run.workdir / "checkpoints" / "best" / str(best_step) if best_step is not None else None
@@ -608,7 +619,8 @@ def _summary(run: Run, loop: Loop) -> dict:
         "experiment": run.config.experiment, "model": run.config.model, "data": run.prepared.identity,
         "synthetic": run.prepared.synthetic, "steps": loop.step, "steps_per_epoch": run.steps_per_epoch,
         "epochs_completed": loop.meta["epoch"], "stopped_early": loop.meta["stopped_early"],
-        "capped": loop.capped, "best_val_accuracy": best["val_accuracy"] if best else None,
+        "capped": loop.capped, "stopped_by": _stopped_by(run, loop),
+        "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "best_checkpoint": str(best_dir) if best_dir else None, "params": run.params_count,
         "train_seconds": loop.meta["train_seconds"], "devices": jax.device_count(),
