@@ -86,6 +86,7 @@ def test_a_budget_stops_training_and_a_rerun_does_not_train_past_it(prepared, tm
     summary = train_and_evaluate(config, tmp_path, prepared=prepared, options=_options(clock))
     steps_per_epoch = summary["steps_per_epoch"]
     assert summary["capped"] and steps_per_epoch < summary["steps"] < 50 * steps_per_epoch
+    assert summary["stopped_by"] == "budget"
     assert summary["train_seconds"] >= 6.0
     again = train_and_evaluate(config, tmp_path, prepared=prepared, options=_options(clock))
     assert again["steps"] == summary["steps"] and len(again["history"]) == len(summary["history"])
@@ -128,11 +129,12 @@ def test_study_trains_each_experiment_once_and_tabulates_the_best_checkpoints(fe
     table = captured.out
     rows = json.loads((tmp_path / "official" / "results.json").read_text())
     for row in rows:
-        assert f"[study] {row['experiment']}: best validation accuracy {row['val_accuracy']:.4f}" in captured.err
+        assert f"[study] {row['experiment']}: best validation accuracy {row['best_val_accuracy']:.4f}" in captured.err
     assert [r["experiment"] for r in rows] == ["simple_cnn_v1", "simple_cnn_v2"]
     for row in rows:
         best = json.loads((tmp_path / "official" / row["experiment"] / "summary.json").read_text())
-        assert row["val_accuracy"] == pytest.approx(best["best_val_accuracy"])
+        assert row["best_val_accuracy"] == pytest.approx(best["best_val_accuracy"])
+        assert row["stopped_by"] == "budget" and row["split"] == "official"
         assert 0 <= row["recall_disgust"] <= 1 and 0 <= row["recall_fear"] <= 1
         assert row["params"] > 1000 and row["wall_seconds"] >= row["train_seconds"]
         # The trainer's own count is the one the checkpoint holds (older runs are counted from it).
@@ -156,6 +158,101 @@ def test_study_checks_every_name_before_training(fer_sample_path, tmp_path):
     assert not (tmp_path / "official" / "simple_cnn_v1").exists()
     with pytest.raises(UserError, match="is an ensemble"):
         study.main(["--experiments", "ensemble", "--budget-minutes", "1", "--root", str(tmp_path)])
+
+
+TINY = ["--set", "batch_size=32", "--set", "model_kwargs.widths=(8,16)", "--set", "model_kwargs.dense_width=32"]
+RECORD_TYPES = {"experiment": str, "split": str, "best_val_accuracy": float, "epochs": (int, float),
+                "stopped_by": str, "seed_figure": (float, type(None)), "params": int,
+                "wall_seconds": float, "train_seconds": float, "macro_f1": float, "recall_disgust": float,
+                "recall_fear": float, "last_train_accuracy": float, "target": (float, type(None)),
+                "below_target": (bool, type(None))}
+
+
+class RecordedLoggers:
+    """Stands in for the trainer's W&B logger: keeps what each run asked it for."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, config, workdir, *, mode, project, tags, name, enabled=True):
+        self.calls.append({"workdir": pathlib.Path(workdir), "project": project, "tags": list(tags)})
+        return _NoLogger()
+
+
+class _NoLogger:
+    active = False
+
+    def log(self, *a, **k):
+        pass
+
+    def finish(self):
+        pass
+
+
+def test_own_schedule_runs_each_experiment_on_both_splits_and_resumes(fer_sample_path, tmp_path, capsys,
+                                                                      monkeypatch):
+    from fer_jax.engine import trainer
+    from fer_jax.engine.checkpoint import read_meta
+    loggers = RecordedLoggers()
+    monkeypatch.setattr(trainer, "RunLogger", loggers)
+    args = ["--schedule", "own", "--experiments", "simple_cnn_v1,simple_cnn_v2",
+            "--splits", "stratified", "official", "--data", str(fer_sample_path), "--root", str(tmp_path),
+            "--no-progress", "--set", "max_train_steps=2", *TINY]
+    assert study.main(args) == 0
+    for split in ("stratified", "official"):
+        rows = json.loads((tmp_path / split / "results.json").read_text())
+        assert [(r["experiment"], r["split"]) for r in rows] == [("simple_cnn_v1", split), ("simple_cnn_v2", split)]
+        for row in rows:
+            for key, kind in RECORD_TYPES.items():
+                assert isinstance(row[key], kind), (key, row[key])
+            assert row["stopped_by"] == "max_train_steps" and 0 <= row["best_val_accuracy"] <= 1
+            summary = json.loads((tmp_path / split / row["experiment"] / "summary.json").read_text())
+            # The experiment's own schedule, not a common budget.
+            config = read_meta(pathlib.Path(summary["best_checkpoint"]))["config"]
+            own = config_lib.load_experiment(row["experiment"])
+            assert (config["epochs"], config["early_stopping_patience"], config["budget_minutes"]) == \
+                (own.epochs, own.early_stopping_patience, 0.0)
+            assert config["data"]["split_scheme"] == split
+        assert [r["seed_figure"] for r in rows] == [0.5766, 0.5911]
+        table = (tmp_path / split / "results.md").read_text()
+        assert "own schedule" in table and "59.11%" in table and "(step cap)" in table
+        assert (tmp_path / split / "curves.png").exists()
+    # W&B: the project and the study's tags, the offline runs inside each run's folder.
+    assert len(loggers.calls) == 4
+    for call in loggers.calls:
+        split = call["workdir"].parent.name
+        assert call["project"] == "facial-expression-recognition"
+        assert {"study", "own-schedule", split} <= set(call["tags"])
+    mtimes = {p: p.stat().st_mtime for p in tmp_path.glob("*/*/summary.json")}
+    assert len(mtimes) == 4
+    capsys.readouterr()
+    assert study.main(args) == 0
+    assert capsys.readouterr().err.count("finished earlier, skipped") == 4
+    assert len(loggers.calls) == 4  # nothing trained again
+    assert {p: p.stat().st_mtime for p in tmp_path.glob("*/*/summary.json")} == mtimes
+
+
+def test_records_say_whether_early_stopping_or_the_schedule_ended_a_run(fer_sample_path, tmp_path):
+    def tiny(name, **values):
+        config = config_lib.apply_overrides(config_lib.load_experiment(name), [
+            "batch_size=32", "model_kwargs.widths=(8,16)", "model_kwargs.dense_width=32",
+            "data.split_scheme=stratified"])
+        config.update(values)
+        return config_lib.validate(config)
+
+    # No learning (rate 0, no BatchNorm): epoch 2 is no better than epoch 1, so patience 1 stops it.
+    configs = {"simple_cnn_v1": tiny("simple_cnn_v1", learning_rate=0.0, early_stopping_patience=1, epochs=3),
+               "simple_cnn_v2": tiny("simple_cnn_v2", epochs=1)}
+    options = RunOptions(checkpoint_every_steps=0, progress=False, wandb_mode="disabled")
+    study_runs.train_series(configs, tmp_path, data_path=str(fer_sample_path), options=options,
+                            split="stratified", budget_minutes=None)
+    early, full = json.loads((tmp_path / "results.json").read_text())
+    assert (early["stopped_by"], early["epochs"], early["epochs_completed"]) == ("early_stopping", 2, 2)
+    assert (full["stopped_by"], full["epochs"]) == ("schedule_end", 1)
+    assert early["below_target"] is True and early["target"] == early["seed_figure"] == 0.5766
+    table = (tmp_path / "results.md").read_text()
+    assert "2.0 (early stop)" in table and "1.0 (schedule end)" in table
+    assert "**below** 57.66%" in table
 
 
 def test_init_from_starts_a_second_stage_from_another_runs_best_weights(prepared, tmp_path):
