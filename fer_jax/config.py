@@ -11,12 +11,14 @@ import pathlib
 
 import ml_collections
 
+from fer_jax.data.types import IMAGE_SIZE
 from fer_jax.errors import UserError
 
 LR_SCHEDULES = ("constant", "cosine")
 EVAL_TTA_MODES = ("none", "flip")
 PARALLEL_MODES = ("jit", "pmap")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,7 +41,15 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict(dict(
         rotation_deg=0.0, hflip_prob=0.0, translate_frac=0.0, scale_range=(1.0, 1.0),
-        shear_deg=0.0, brightness=0.0, contrast=0.0, erasing_prob=0.0, fill_mode="nearest"))
+        shear_deg=0.0, brightness=0.0, contrast=0.0, erasing_prob=0.0, fill_mode="nearest",
+        random_crop=0))
+    # augment.random_crop > 0: training sees random random_crop x random_crop windows of
+    # the 48x48 faces and the model is built for that size; validation and `--tta none|flip`
+    # take the centre window, `flip_crops` the four corners and the centre with mirrors.
+    # Mixup / CutMix in the train step: Beta(alpha, alpha) mixing weights, 0 = off; both
+    # on: each batch takes one of the two at random.
+    c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0
     c.balanced_sampling = False
     c.class_weighted_loss = False
     c.label_smoothing = 0.0
@@ -53,6 +63,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.learning_rate = 1e-3
     c.weight_decay = 0.0
     c.grad_clip_norm = 0.0  # 0 disables clipping
+    # "adamw" (weight_decay decoupled) or "sgd" (momentum, optionally Nesterov's;
+    # weight_decay then adds weight_decay * w to the gradient, PyTorch SGD's L2).
+    c.optimizer = "adamw"
+    c.momentum = 0.9
+    c.nesterov = False
+    # An exponential moving average of the weights (params and batch_stats), 0 = off: when
+    # on it is what validation scores and what checkpoints hold as the model's variables.
+    c.ema_decay = 0.0
     c.seed = 0
     c.max_train_steps = 0  # a cap on the total number of steps (smoke runs); 0 = no cap
     # A cap on the training loop's wall-clock time (steps, compilation, per-epoch validation
@@ -131,6 +149,20 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(config, "eval_tta", EVAL_TTA_MODES)
     _choice(config, "parallel", PARALLEL_MODES)
     _choice(config, "compute_dtype", COMPUTE_DTYPES)
+    _choice(config, "optimizer", OPTIMIZERS)
+    _check(isinstance(config.nesterov, bool), "nesterov", "true or false", config.nesterov)
+    _check(_number(config.momentum) and 0 <= config.momentum < 1, "momentum", "a number in [0, 1)",
+           config.momentum)
+    _check(_number(config.ema_decay) and 0 <= config.ema_decay < 1, "ema_decay", "a number in [0, 1)",
+           config.ema_decay)
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _check(_number(config[key]) and config[key] >= 0, key, "a number >= 0", config[key])
+    if (config.mixup_alpha or config.cutmix_alpha) and config.class_weighted_loss:
+        raise UserError("mixup_alpha/cutmix_alpha cannot be combined with class_weighted_loss: a "
+                        "mixed image has no single class to weight; use balanced_sampling instead")
+    crop = config.augment.random_crop
+    _check(_whole(crop, 0) and (crop == 0 or 8 <= crop <= IMAGE_SIZE), "augment.random_crop",
+           f"0 (off) or a whole number in [8, {IMAGE_SIZE}]", crop)
     for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("max_train_steps", 0),
                      ("log_every_steps", 1), ("early_stopping_patience", 0), ("seed", 0)):
         _check(_whole(config[key], low), key, f"a whole number >= {low}", config[key])
@@ -153,6 +185,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise UserError("transfer.freeze is set but init_from is empty: there are no pretrained "
                         "weights to keep frozen")
     return config
+
+
+def input_size(config) -> int:
+    """The side of the images the config's model is built for and fed: the random crop's
+    size when the run trains on crops, else the faces' 48."""
+    crop = config.get("augment", {}).get("random_crop", 0)
+    return int(crop) if crop else IMAGE_SIZE
 
 
 def default_workdir(experiment: str) -> str:

@@ -39,6 +39,8 @@ class AugmentConfig:
     on the [0, 1] scale. contrast: factor ~ U(1 - c, 1 + c) around the image's mean.
     erasing_prob: probability of erasing one rectangle (2-20 % of the area, aspect
     0.3-3.3). fill_mode: how the geometric transform fills uncovered pixels.
+    random_crop: > 0, the side of a window at a uniformly random position that each
+    image is cut to first (the batch comes out random_crop x random_crop); 0 keeps 48x48.
     """
 
     rotation_deg: float = 15.0
@@ -50,8 +52,12 @@ class AugmentConfig:
     contrast: float = 0.0
     erasing_prob: float = 0.0
     fill_mode: str = "nearest"
+    random_crop: int = 0
 
     def __post_init__(self):
+        if (isinstance(self.random_crop, bool) or not isinstance(self.random_crop, int)
+                or self.random_crop < 0):
+            raise UserError(f"augment.random_crop must be a whole number >= 0, got {self.random_crop!r}")
         for name in ("rotation_deg", "hflip_prob", "translate_frac", "shear_deg",
                      "brightness", "contrast", "erasing_prob"):
             value = getattr(self, name)
@@ -176,6 +182,10 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, *,
     def draw(i: int, low: float, high: float) -> tf.Tensor:
         return _uniform(seeds[i], rows, low, high)[pick]
 
+    if cfg.random_crop:
+        images = _random_crop(images, seed, cfg.random_crop, rows, pick)
+        height, width = cfg.random_crop, cfg.random_crop
+
     if cfg.geometric:
         angle = draw(0, -1.0, 1.0) * math.radians(cfg.rotation_deg)
         scale = draw(1, *cfg.scale_range)
@@ -198,6 +208,23 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, *,
     if cfg.erasing_prob > 0:
         images = _random_erase(images, draw, cfg.erasing_prob, erase_value)
     return images
+
+
+def _random_crop(images: tf.Tensor, seed: tf.Tensor, size: int, rows: int, pick: slice) -> tf.Tensor:
+    """A SIZE x SIZE window of each image at a uniform position (its own seed stream, so the
+    other augmentations draw what they draw without the crop)."""
+    height, width = int(images.shape[1]), int(images.shape[2])
+    if size > min(height, width):
+        raise UserError(f"augment.random_crop {size} is larger than the {height}x{width} images")
+    crop_seeds = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 13), num=2)
+    top = tf.random.stateless_uniform([rows], seed=crop_seeds[0], maxval=height - size + 1,
+                                      dtype=tf.int32)[pick]
+    left = tf.random.stateless_uniform([rows], seed=crop_seeds[1], maxval=width - size + 1,
+                                       dtype=tf.int32)[pick]
+    window = tf.range(size, dtype=tf.int32)[None, :]
+    images = tf.gather(images, top[:, None] + window, axis=1, batch_dims=1)
+    return tf.gather(images, left[:, None] + window, axis=2, batch_dims=1)
 
 
 def _random_erase(images: tf.Tensor, draw, prob: float, value: float) -> tf.Tensor:

@@ -1,4 +1,7 @@
-"""The optimizer of every run: one learning-rate schedule, AdamW per parameter group, a plateau factor.
+"""The optimizer of every run: one learning-rate schedule, AdamW or SGD per parameter group, a plateau factor.
+
+`optimizer`: "adamw" (decoupled weight_decay) or "sgd" with `momentum`, Nesterov's when
+`nesterov`, and weight_decay as an L2 term added to the gradient (PyTorch's SGD).
 
 The learning rate of a step is
 
@@ -87,8 +90,13 @@ def build_optimizer(config, steps_per_epoch: int = 1, labels: Any = None) -> Opt
     label_tree = labels if labels is not None else uniform_labels
     backbone_scale = float(config.transfer.backbone_lr_scale)
 
-    def adamw(scale: float) -> optax.GradientTransformation:
-        return optax.adamw(lambda count: schedule(count) * scale, weight_decay=config.weight_decay)
+    def per_group(scale: float) -> optax.GradientTransformation:
+        rate = lambda count: schedule(count) * scale  # noqa: E731
+        if config.get("optimizer", "adamw") == "sgd":
+            return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                               optax.sgd(rate, momentum=config.momentum or None,
+                                         nesterov=bool(config.nesterov)))
+        return optax.adamw(rate, weight_decay=config.weight_decay)
 
     parts = []
     if config.grad_clip_norm > 0:
@@ -99,7 +107,7 @@ def build_optimizer(config, steps_per_epoch: int = 1, labels: Any = None) -> Opt
                 label_tree))
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     parts.append(optax.multi_transform(
-        {HEAD: adamw(1.0), BACKBONE: adamw(backbone_scale), FROZEN: optax.set_to_zero()}, label_tree))
+        {HEAD: per_group(1.0), BACKBONE: per_group(backbone_scale), FROZEN: optax.set_to_zero()}, label_tree))
     plateau = make_plateau(config)
     update = jax.jit(lambda state, value: plateau.update(updates={}, state=state, value=value)[1])
     return Optimizer(tx=optax.chain(*parts), plateau=plateau, learning_rate=schedule,

@@ -103,9 +103,10 @@ def expected_shapes(model, image_size: int = IMAGE_SIZE) -> dict[str, tuple]:
 
 
 def check_variables(model, variables: Mapping[str, Any], step_dir: str | pathlib.Path,
-                    model_name: str) -> None:
-    """VARIABLES must be exactly MODEL's (names and shapes) and finite, else UserError saying how not."""
-    expected = expected_shapes(model)
+                    model_name: str, image_size: int = IMAGE_SIZE) -> None:
+    """VARIABLES must be exactly MODEL's (names and shapes, built for IMAGE_SIZE inputs) and
+    finite, else UserError saying how not."""
+    expected = expected_shapes(model, image_size)
     found = {path: tuple(np.shape(leaf)) for path, leaf in _flat(variables).items()}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))

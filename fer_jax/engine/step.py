@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fer_jax.config import EVAL_TTA_MODES
+from fer_jax.config import EVAL_TTA_MODES, input_size
 from fer_jax.data.types import NUM_CLASSES
 from fer_jax.errors import UserError
 from fer_jax.engine.parallel import DATA_AXIS
@@ -27,27 +27,37 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     plateau_state: Any
+    # The moving average of {"params", "batch_stats"} when ema_decay > 0, else None.
+    ema: Any = None
 
     @property
     def variables(self) -> dict:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
+    @property
+    def eval_variables(self) -> dict:
+        """What validation scores and checkpoints keep as the model: the EMA when on."""
+        return self.variables if self.ema is None else self.ema
+
 
 def init_variables(config, model) -> dict:
-    """Fresh params and batch_stats from config.seed."""
+    """Fresh params and batch_stats from config.seed, for the config's input size."""
     rng = jax.random.PRNGKey(config.seed)
     init_model = model.clone(bn_axis_name=None)  # init runs outside the named data axis
+    size = input_size(config)
     variables = jax.jit(lambda r: init_model.init({"params": r, "dropout": r},
-                                                  jnp.zeros((1, 48, 48, 1), jnp.float32),
+                                                  jnp.zeros((1, size, size, 1), jnp.float32),
                                                   train=False))(rng)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-def new_state(variables: dict, tx, plateau) -> TrainState:
-    """Step 0 of a run from VARIABLES, with fresh optimizer and plateau states."""
+def new_state(variables: dict, tx, plateau, *, ema: bool = False) -> TrainState:
+    """Step 0 of a run from VARIABLES, with fresh optimizer and plateau states (and an
+    EMA that starts at VARIABLES when EMA is on)."""
     return TrainState(step=jnp.asarray(0, jnp.int32), params=variables["params"],
                       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-                      plateau_state=plateau.init(variables["params"]))
+                      plateau_state=plateau.init(variables["params"]),
+                      ema=jax.tree.map(jnp.array, dict(variables)) if ema else None)
 
 
 def init_state(config, model, tx, plateau) -> TrainState:
@@ -57,24 +67,81 @@ def init_state(config, model, tx, plateau) -> TrainState:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
     """Per-example cross-entropy against (optionally smoothed) one-hot targets."""
-    targets = jax.nn.one_hot(labels, NUM_CLASSES)
+    return soft_cross_entropy(logits, jax.nn.one_hot(labels, NUM_CLASSES), label_smoothing)
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
+    """Per-example cross-entropy against (N, classes) target distributions, smoothed."""
     if label_smoothing > 0:
         targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def mix_batch(images: jax.Array, labels: jax.Array, rng: jax.Array, *, mixup_alpha: float,
+              cutmix_alpha: float) -> tuple[jax.Array, jax.Array]:
+    """(images, soft targets) of a Mixup or CutMix batch: each row blended with the row of
+    a random permutation by a Beta(alpha, alpha) weight (CutMix: a box of that share of
+    the area pasted, the weight then the box's exact share). Both alphas > 0: one of the
+    two per batch, evenly. The permutation is within this shard's rows."""
+    perm_rng, mixup_rng, cutmix_rng, choice_rng, box_rng = jax.random.split(rng, 5)
+    targets = jax.nn.one_hot(labels, NUM_CLASSES)
+    perm = jax.random.permutation(perm_rng, images.shape[0])
+    other, other_targets = images[perm], targets[perm]
+
+    def mixup():
+        lam = jax.random.beta(mixup_rng, mixup_alpha, mixup_alpha)
+        return lam * images + (1 - lam) * other, lam
+
+    def cutmix():
+        lam = jax.random.beta(cutmix_rng, cutmix_alpha, cutmix_alpha)
+        h, w = images.shape[1], images.shape[2]
+        cut_h, cut_w = jnp.round(h * jnp.sqrt(1 - lam)), jnp.round(w * jnp.sqrt(1 - lam))
+        cy, cx = jax.random.uniform(box_rng, (2,)) * jnp.array([h, w])
+        top, bottom = jnp.clip(cy - cut_h / 2, 0, h), jnp.clip(cy + cut_h / 2, 0, h)
+        left, right = jnp.clip(cx - cut_w / 2, 0, w), jnp.clip(cx + cut_w / 2, 0, w)
+        ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+        box = (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+        mixed = jnp.where(box[None, :, :, None], other, images)
+        return mixed, 1 - jnp.mean(box.astype(jnp.float32))
+
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        mixed, lam = jax.lax.cond(jax.random.bernoulli(choice_rng), mixup, cutmix)
+    else:
+        mixed, lam = mixup() if mixup_alpha > 0 else cutmix()
+    return mixed.astype(images.dtype), lam * targets + (1 - lam) * other_targets
+
+
+def ema_update(ema: Any, variables: dict, step: jax.Array, decay: float) -> Any:
+    """The moving average after one more step; the decay ramps up as (1 + t) / (10 + t)
+    early on, so a short run's average is not dominated by its random initialisation."""
+    rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+    return jax.tree.map(lambda e, v: (rate * e + (1 - rate) * v).astype(e.dtype), ema, variables)
+
+
+def center_crop(images: jax.Array, size: int) -> jax.Array:
+    """The centre SIZE x SIZE window of (N, H, W, C) images (as they are when already SIZE)."""
+    top, left = (images.shape[1] - size) // 2, (images.shape[2] - size) // 2
+    return images[:, top:top + size, left:left + size, :]
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Callable,
                tx: optax.GradientTransformation, class_weights: jax.Array | None,
-               label_smoothing: float, learning_rate_fn: Callable | None = None
+               label_smoothing: float, learning_rate_fn: Callable | None = None,
+               mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, ema_decay: float = 0.0
                ) -> tuple[TrainState, dict]:
-    """One AdamW update on the global batch; this shard holds batch['image'] rows of it.
+    """One optimizer update on the global batch; this shard holds batch['image'] rows of it.
 
     learning_rate_fn: the schedule of the update (optim.Optimizer.learning_rate), for the
     `learning_rate` metric: the rate this step used, plateau scale included."""
     # Same seed, same run: the dropout key depends only on the step and the shard.
     dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
                                      jax.lax.axis_index(DATA_AXIS))
-    labels = batch["label"]
+    labels, images = batch["label"], batch["image"]
+    targets = jax.nn.one_hot(labels, NUM_CLASSES)
+    if mixup_alpha > 0 or cutmix_alpha > 0:
+        # Its own stream, apart from the dropout keys (which then stay as without mixing).
+        images, targets = mix_batch(images, labels, jax.random.fold_in(dropout_rng, 1),
+                                    mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
     weights = (jnp.ones(labels.shape, jnp.float32) if class_weights is None
                else class_weights[labels])
     # PyTorch's weighted mean: sum(w * ce) / sum(w), both over the global batch.
@@ -82,9 +149,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Call
 
     def loss_fn(params):
         logits, new_model_state = apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-        ce = cross_entropy(logits, labels, label_smoothing)
+        ce = soft_cross_entropy(logits, targets, label_smoothing)
         return jnp.sum(weights * ce) / total_weight, (logits, new_model_state)
 
     (local_loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -106,20 +173,28 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Call
         # checkpoints are only written when both are finite.
         "params_finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])),
     }
-    new_state = state.replace(step=state.step + 1, params=params,
-                              batch_stats=new_model_state.get("batch_stats", {}), opt_state=opt_state)
+    batch_stats = new_model_state.get("batch_stats", {})
+    ema = (None if state.ema is None else
+           ema_update(state.ema, {"params": params, "batch_stats": batch_stats}, state.step, ema_decay))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, ema=ema)
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable, tta: str = "none") -> dict:
+def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable, tta: str = "none",
+              image_size: int = 48) -> dict:
     """Sums over the global batch, counting only rows whose mask is set (padding is not).
 
+    The faces are cut to their centre IMAGE_SIZE window (a model trained on random crops).
     tta="flip" scores each face by the mean of its and its mirror image's class
-    probabilities; the loss is then the cross-entropy of that mean.
+    probabilities; the loss is then the cross-entropy of that mean. (This is the in-jit
+    twin of fer_jax.inference.tta's flip, kept here so validation stays one jitted step.)
     """
-    logits = apply_fn(state.variables, batch["image"], train=False)
+    images = center_crop(batch["image"], image_size)
+    variables = state.eval_variables
+    logits = apply_fn(variables, images, train=False)
     if tta == "flip":
-        mirrored = apply_fn(state.variables, batch["image"][:, :, ::-1, :], train=False)
+        mirrored = apply_fn(variables, images[:, :, ::-1, :], train=False)
         # The log of the mean probability, taken in log space so that a probability that
         # underflows in one view cannot make the loss infinite: logits whose softmax is
         # the mean itself.
@@ -142,10 +217,13 @@ def check_eval_tta(mode: str) -> None:
 
 def make_step_fns(apply_fn: Callable, tx: optax.GradientTransformation,
                   class_weights: jax.Array | None, label_smoothing: float, eval_tta: str = "none",
-                  learning_rate_fn: Callable | None = None):
+                  learning_rate_fn: Callable | None = None, *, mixup_alpha: float = 0.0,
+                  cutmix_alpha: float = 0.0, ema_decay: float = 0.0, image_size: int = 48):
     """The per-shard train and eval functions with the run's constants bound."""
     check_eval_tta(eval_tta)
     train = functools.partial(train_step, apply_fn=apply_fn, tx=tx, class_weights=class_weights,
-                              label_smoothing=label_smoothing, learning_rate_fn=learning_rate_fn)
-    evaluate = functools.partial(eval_step, apply_fn=apply_fn, tta=eval_tta)
+                              label_smoothing=label_smoothing, learning_rate_fn=learning_rate_fn,
+                              mixup_alpha=float(mixup_alpha), cutmix_alpha=float(cutmix_alpha),
+                              ema_decay=float(ema_decay))
+    evaluate = functools.partial(eval_step, apply_fn=apply_fn, tta=eval_tta, image_size=image_size)
     return train, evaluate

@@ -191,14 +191,21 @@ def _new_meta(config: ml_collections.ConfigDict, prepared: PreparedData, norm: d
 
 
 def _split_state(state: TrainState) -> tuple[dict, dict]:
-    return ({"params": state.params, "batch_stats": state.batch_stats},
-            {"step": state.step, "opt_state": state.opt_state, "plateau_state": state.plateau_state})
+    """(variables, train) items of a checkpoint. With EMA on, the variables are the
+    average (what was validated, what a release and init_from take) and the trained
+    weights go with the optimizer state, needed only to resume."""
+    train = {"step": state.step, "opt_state": state.opt_state, "plateau_state": state.plateau_state}
+    if state.ema is not None:
+        train.update(params=state.params, batch_stats=state.batch_stats)
+    return dict(state.eval_variables), train
 
 
 def _join_state(variables: dict, train: dict) -> TrainState:
-    return TrainState(step=train["step"], params=variables["params"],
-                      batch_stats=variables["batch_stats"], opt_state=train["opt_state"],
-                      plateau_state=train["plateau_state"])
+    weights = train if "params" in train else variables
+    return TrainState(step=train["step"], params=weights["params"],
+                      batch_stats=weights["batch_stats"], opt_state=train["opt_state"],
+                      plateau_state=train["plateau_state"],
+                      ema=dict(variables) if "params" in train else None)
 
 
 # ---------------------------------------------------------------------------- the state
@@ -272,7 +279,7 @@ def create_train_state(config, model, meta: dict, *, steps_per_epoch: int,
         variables = _variables_from_run(config.init_from, variables, log=log)
     labels = finetune.param_labels(variables["params"], config.transfer.freeze) if imagenet else None
     optimizer = optim.build_optimizer(config, steps_per_epoch, labels)
-    state = new_state(variables, optimizer.tx, optimizer.plateau)
+    state = new_state(variables, optimizer.tx, optimizer.plateau, ema=config.ema_decay > 0)
     if resuming:
         state = _resume(checkpoints, state, meta, workdir, announce=log)
     apply_fn = finetune.frozen_bn_apply(model.apply, config.transfer.freeze) if imagenet else model.apply
@@ -327,8 +334,11 @@ def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: Prepare
         workdir=workdir, log=is_main)
     class_weights = (jnp.asarray(pipeline.class_weights(train.labels))
                      if config.class_weighted_loss else None)
-    train_fn, eval_fn = make_step_fns(apply_fn, optimizer.tx, class_weights, config.label_smoothing,
-                                      config.eval_tta, learning_rate_fn=optimizer.learning_rate)
+    train_fn, eval_fn = make_step_fns(
+        apply_fn, optimizer.tx, class_weights, config.label_smoothing, config.eval_tta,
+        learning_rate_fn=optimizer.learning_rate, mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha, ema_decay=config.ema_decay,
+        image_size=config_lib.input_size(config))
     logger = RunLogger(meta["config"], workdir, mode=options.wandb_mode, project=options.wandb_project,
                        tags=[config.model, prepared.identity["name"], config.experiment or "adhoc",
                              *options.wandb_tags],

@@ -18,10 +18,13 @@ class Classifier:
     """A model's class probabilities for uint8 faces, in fixed-size batches (one compilation).
 
     `probabilities_fn(variables, x)` is the jitted softmax of the model on one normalized batch.
+    crop > 0: the model was trained on crops of that size; faces larger than it are cut
+    to their centre window (fer_jax.inference.tta makes the other views).
     """
 
-    def __init__(self, model, variables, norm: dict, batch_size: int = 256):
+    def __init__(self, model, variables, norm: dict, batch_size: int = 256, crop: int = 0):
         self.norm = norm
+        self.crop = int(crop)
         self.batch_size = batch_size
         self.variables = jax.device_put(variables)
         self.probabilities_fn = jax.jit(
@@ -39,5 +42,8 @@ class Classifier:
         return out
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """float32 (N, 7) for uint8 (N, 48, 48) faces."""
+        """float32 (N, 7) for uint8 (N, 48, 48) faces (or faces of the crop size)."""
+        if self.crop and images.shape[1:3] != (self.crop, self.crop):
+            top, left = (images.shape[1] - self.crop) // 2, (images.shape[2] - self.crop) // 2
+            images = images[:, top:top + self.crop, left:left + self.crop]
         return self.probabilities_of_normalized(normalize_images(images, self.norm))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fer_jax.checkout_packages import released_checkpoint
-from fer_jax.config import base_config
+from fer_jax.config import base_config, input_size
 from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
 from fer_jax.engine.restore_checks import check_meta, check_readable, check_variables
 from fer_jax.errors import UserError
@@ -37,7 +37,9 @@ class LoadedModel(NamedTuple):
     meta: dict
 
     def classifier(self, batch_size: int = 256) -> Classifier:
-        return Classifier(self.model, self.variables, self.normalization, batch_size=batch_size)
+        crop = self.config.augment.random_crop
+        return Classifier(self.model, self.variables, self.normalization, batch_size=batch_size,
+                          crop=crop)
 
 
 def load_model(checkpoint: str | pathlib.Path | None) -> LoadedModel:
@@ -53,8 +55,9 @@ def load_model(checkpoint: str | pathlib.Path | None) -> LoadedModel:
     config.model = saved.model
     config.compute_dtype = saved.get("compute_dtype", "float32")
     config.model_kwargs = ml_collections.ConfigDict(dict(saved.get("model_kwargs", {})))
+    config.augment.random_crop = int(saved.get("augment", {}).get("random_crop", 0))
     model = build_model(config)
     check_readable(step_dir)
     variables = restore_variables(step_dir)
-    check_variables(model, variables, step_dir, config.model)
+    check_variables(model, variables, step_dir, config.model, image_size=input_size(config))
     return LoadedModel(config, model, variables, meta["normalization"], step_dir, meta)

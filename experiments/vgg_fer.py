@@ -1,0 +1,36 @@
+"""vgg_fer: the VGG-style recipe of Khaireddin et al. (2021, 73.28% on FER2013).
+
+Four stages of two 3x3 convolutions (64-128-256-512) with BatchNorm and ReLU, a 2x2
+max-pool and dropout after each stage, two dense layers of 1024 with dropout 0.5
+(fer_jax/models/vgg.py). Training on random 40x40 crops of the 48x48 faces with
+mirror images, small rotations and shifts and random erasing; SGD with Nesterov momentum
+0.9 at 0.01, L2 weight decay 1e-4, the rate halved after 5 epochs without a better
+validation loss; 300 epochs, resumable in pieces. Evaluated with the ten-crop
+(`--tta flip_crops`: the four corner 40x40 windows and the centre one, with mirrors).
+The compute this takes on a CPU is in docs/results/accuracy_plan.md.
+"""
+from fer_jax.config import base_config
+from fer_jax.experiments._common import seed_augmentation
+
+
+def get_config():
+    c = seed_augmentation(base_config())
+    c.description = "VGG 64-512, 40x40 crops, SGD Nesterov, reduce-on-plateau, 300 epochs"
+    c.model = "vgg_fer"
+    c.augment.random_crop = 40
+    c.augment.translate_frac = 0.0  # the random crop does the shifting
+    c.augment.erasing_prob = 0.5
+    c.optimizer = "sgd"
+    c.momentum = 0.9
+    c.nesterov = True
+    c.learning_rate = 0.01
+    c.weight_decay = 1e-4
+    c.batch_size = 64
+    c.epochs = 300
+    c.plateau.enabled = True
+    c.plateau.factor = 0.75
+    c.plateau.patience = 5
+    c.plateau.min_scale = 1e-3
+    c.eval_tta = "flip"
+    c.ensemble.tta = "flip_crops"
+    return c
