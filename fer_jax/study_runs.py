@@ -79,7 +79,8 @@ def result_row(name: str, workdir: pathlib.Path, *, split: str) -> dict | None:
     if best_dir is None or not best_dir.exists():
         return None
     val = read_meta(best_dir)["val_metrics"]
-    wall = json.loads((workdir / WALL_FILE).read_text())["seconds"] if (workdir / WALL_FILE).exists() else None
+    wall_path = workdir / WALL_FILE
+    wall = json.loads(wall_path.read_text())["seconds"] if wall_path.exists() else None
     history = summary["history"]
     target = TARGETS.get(name)
     return {
@@ -111,7 +112,8 @@ def _versus_target(row: dict) -> str:
     if row["target"] is None:
         return "-"
     if row["below_target"]:
-        return f"**below** {row['target']:.2%} by {100 * (row['target'] - row['best_val_accuracy']):.2f} points"
+        short = 100 * (row["target"] - row["best_val_accuracy"])
+        return f"**below** {row['target']:.2%} by {short:.2f} points"
     return f"reached {row['target']:.2%}"
 
 
@@ -135,7 +137,8 @@ def format_table(rows: list[dict], *, split: str, budget_minutes: float | None) 
              "| against it |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        epochs = f"{r['epochs']:.1f} ({STOP_WORDS.get(r['stopped_by'], r['stopped_by'])})"
+        epochs = f"{r['epochs']:.1f}" if r["epochs"] >= 1 else f"{r['epochs']:.2f}"
+        epochs += f" ({STOP_WORDS.get(r['stopped_by'], r['stopped_by'])})"
         wall = f"{r['wall_seconds'] / 60:.1f}" if r["wall_seconds"] else "-"
         train_acc = f"{r['last_train_accuracy']:.1%}" if r["last_train_accuracy"] is not None else "-"
         lines.append(
