@@ -443,10 +443,7 @@ def test_full_public_file_counts(fer_public_path):
 
 
 @pytest.mark.slow
-def test_full_public_file_parses_in_under_10s(fer_public_path):
-    start = time.perf_counter()
+def test_full_public_file_parses(fer_public_path):
     data = read_fer(fer_public_path)
-    elapsed = time.perf_counter() - start
     assert len(data) == 32_298
-    assert elapsed < 10.0, f"parsing took {elapsed:.1f} s"
 
