@@ -14,23 +14,24 @@ def no_block(_: Any) -> None:
 
 
 def measure_images_per_s(step: Callable[[], Any], images_per_step: int, seconds: float, *,
-                         block: Callable[[Any], Any] = no_block, warmup_steps: int = 1) -> float:
+                         block: Callable[[Any], Any] = no_block, warmup_steps: int = 1,
+                         clock: Callable[[], float] = time.perf_counter) -> float:
     """Steady-state images/s of STEP after WARMUP_STEPS calls, over at least SECONDS.
 
     Steps are dispatched in chunks and BLOCK waits on a chunk's outputs: an asynchronous
     framework keeps its queue full as in a training loop, and the clock still only
-    counts finished work.
+    counts finished work. CLOCK (seconds) is replaceable so that tests need no real time.
     """
     for _ in range(warmup_steps):
         block(step())
-    start = time.perf_counter()
+    start = clock()
     block(step())
-    one_step = time.perf_counter() - start
+    one_step = clock() - start
     chunk = max(1, min(_MAX_STEPS_BETWEEN_SYNCS, int(_SYNC_INTERVAL_S / max(one_step, 1e-9))))
     steps, elapsed = 0, 0.0
-    start = time.perf_counter()
+    start = clock()
     while elapsed < seconds:
         block([step() for _ in range(chunk)])
         steps += chunk
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
     return steps * images_per_step / elapsed

@@ -12,7 +12,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -192,19 +191,20 @@ def test_torch_best_of_picks_the_higher_median(torch_bench):
 # ------------------------------------------------------------------------------ timing
 
 def test_measure_images_per_s_counts_finished_steps_over_the_window():
+    now = [0.0]  # a fake clock: each step takes 10 ms of it
     blocked = []
 
     def step():
-        time.sleep(0.01)
+        now[0] += 0.01
         return "out"
 
-    start = time.perf_counter()
-    rate = bench.measure_images_per_s(step, 10, 0.2, block=blocked.append, warmup_steps=2)
-    elapsed = time.perf_counter() - start
-    assert elapsed >= 0.2
-    assert 100 < rate <= 1000  # at most 10 images per 10 ms sleep
+    rate = bench.measure_images_per_s(step, 10, 0.2, block=blocked.append, warmup_steps=2,
+                                      clock=lambda: now[0])
+    assert rate == pytest.approx(1000.0)  # 10 images per 10 ms
+    assert now[0] >= 0.2 + 0.03  # the whole window, after the warm-up and sizing steps
     assert blocked[:3] == ["out", "out", "out"]  # warm-up and sizing steps are waited on
     assert all(isinstance(b, list) and b and set(b) == {"out"} for b in blocked[3:])
+    assert sum(len(b) for b in blocked[3:]) == 20  # 0.2 s of 10 ms steps, in chunks of 10
 
 
 # ------------------------------------------------------------------------------- table
