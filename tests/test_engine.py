@@ -223,7 +223,7 @@ def test_flip_tta_loss_stays_finite_when_each_view_is_certain_of_another_class()
     image = np.zeros((2, 48, 48, 1), np.float32)
     image[:, 0, 0, 0] = 1.0  # its mirror image has the bright pixel top right
     batch = {"image": image[None], "label": np.asarray([[1, 2]], np.int32), "mask": np.ones((1, 2), bool)}
-    state = types.SimpleNamespace(variables={})
+    state = types.SimpleNamespace(variables={}, eval_variables={})
     sums = jax.vmap(lambda b: eval_step(state, b, apply_fn=apply_fn, tta="flip"), axis_name=DATA_AXIS)(batch)
     # Label 1: half the mass (mirror view), -log(1/2); label 2: no view gives it any
     # probability, yet the loss stays finite (about 1e4) instead of -log(0).

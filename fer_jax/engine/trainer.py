@@ -601,8 +601,8 @@ def _log_best_to_wandb(run: Run, best_dir: pathlib.Path, summary: dict, step: in
         return
     validation = run.prepared.splits.validation
     images = validation.images[:SAMPLE_PREDICTIONS]
-    probs = Classifier(build_model(run.config), variables, run.norm,
-                       batch_size=max(len(images), 1)).probabilities(images)
+    probs = Classifier(build_model(run.config), variables, run.norm, batch_size=max(len(images), 1),
+                       crop=run.config.augment.random_crop).probabilities(images)
     samples = {"images": images, "labels": validation.labels[:SAMPLE_PREDICTIONS],
                "predictions": probs.argmax(-1), "confidence": probs.max(-1)}
     run.logger.log_final(confusion=np.array(meta["val_metrics"]["confusion_matrix"]), samples=samples,
