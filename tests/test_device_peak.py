@@ -37,7 +37,7 @@ def test_share_of_peak_counts_a_train_step_as_three_forwards():
 
 
 def _result(**overrides):
-    values = dict(model="cbam_cnn", params=325_312, flops_per_image=1e9, compile_s=3.0,
+    values = dict(model="cbam_cnn", kernels="xla", params=325_312, flops_per_image=1e9, compile_s=3.0,
                   jax_train=1000.0, jax_eval=5000.0)
     values.update(overrides)
     return bench.ModelResult(**values)
