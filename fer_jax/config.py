@@ -19,6 +19,7 @@ EVAL_TTA_MODES = ("none", "flip")
 PARALLEL_MODES = ("jit", "pmap")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
+KERNEL_SETTINGS = ("auto", "onednn", "xla")  # fer_jax.kernels resolves them
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -150,6 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(config, "parallel", PARALLEL_MODES)
     _choice(config, "compute_dtype", COMPUTE_DTYPES)
     _choice(config, "optimizer", OPTIMIZERS)
+    _choice(config, "kernels", KERNEL_SETTINGS)
     _check(isinstance(config.nesterov, bool), "nesterov", "true or false", config.nesterov)
     _check(_number(config.momentum) and 0 <= config.momentum < 1, "momentum", "a number in [0, 1)",
            config.momentum)

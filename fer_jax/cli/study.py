@@ -26,7 +26,7 @@ import pathlib
 import sys
 
 from fer_jax import config as config_lib
-from fer_jax.engine.run_options import add_run_flags, run_options
+from fer_jax.engine.run_options import add_run_flags, flag_overrides, run_options
 from fer_jax.errors import UserError, run_cli
 from fer_jax.runtime import quiet_tensorflow, split_cpu_into_devices
 
@@ -90,6 +90,7 @@ def _configs(names: list[str], overrides: list[str], split: str, budget_minutes:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.overrides += flag_overrides(args)
     budget = args.budget_minutes
     if budget is not None and not budget > 0:
         raise UserError(f"--budget-minutes must be > 0, got {budget}")

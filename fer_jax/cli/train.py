@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from fer_jax import config as config_lib
-from fer_jax.engine.run_options import add_run_flags, run_options
+from fer_jax.engine.run_options import add_run_flags, flag_overrides, run_options
 from fer_jax.errors import run_cli
 from fer_jax.runtime import quiet_tensorflow, split_cpu_into_devices
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
+    args.overrides += flag_overrides(args)
     config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), args.overrides)
     split_cpu_into_devices(args.cpu_devices)
     # The engine imports jax, which must not start before the CPU is split into devices.

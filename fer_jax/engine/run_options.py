@@ -42,6 +42,15 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                         help="Weights & Biases logging (default offline; online needs a login, else "
                              "offline; the WANDB_MODE environment variable wins)")
     parser.add_argument("--wandb-project", default=defaults.wandb_project)
+    parser.add_argument("--kernels", default=None, metavar="auto|onednn|xla",
+                        help="CPU convolution kernels: auto (oneDNN on x86-64 Linux when it builds, "
+                             "else XLA), onednn (fail if unavailable) or xla; the same as "
+                             "--set kernels=... (default: the experiment's, auto)")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides (--set KEY=VALUE form) that run flags stand for."""
+    return [f"kernels={args.kernels}"] if getattr(args, "kernels", None) else []
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:

@@ -45,7 +45,8 @@ from fer_jax.transfer import finetune
 # Config keys that may change between a run and its resumption (they do not change
 # what the run computes up to the point where it stopped).
 RESUMABLE_CHANGES = ("epochs", "max_train_steps", "budget_minutes", "log_every_steps",
-                     "early_stopping_patience", "description", "parallel", "eval_batch_size")
+                     "early_stopping_patience", "description", "parallel", "eval_batch_size",
+                     "kernels")
 SAMPLE_PREDICTIONS = 32  # validation faces shown with their predictions in W&B
 
 

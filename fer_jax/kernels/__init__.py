@@ -11,12 +11,12 @@ import functools
 import sys
 from typing import Callable
 
-from fer_jax.runtime import usable_cores
+from fer_jax.config import KERNEL_SETTINGS
 from fer_jax.errors import UserError
+from fer_jax.runtime import usable_cores
 from fer_jax.kernels.build import KernelsUnavailable, load, platform_supported
 from fer_jax.kernels.conv import OnednnConvGeneralDilated
 
-KERNEL_SETTINGS = ("auto", "onednn", "xla")
 KERNELS = ("onednn", "xla")
 
 __all__ = ["KERNELS", "KERNEL_SETTINGS", "KernelsUnavailable", "conv_general_dilated_for", "decide_kernels",
