@@ -11,6 +11,8 @@ import resource
 import sys
 import traceback
 
+from peak_rss import own_peak_rss  # this script's folder is on sys.path
+
 
 def main(limit: int, list_file: str) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -29,7 +31,7 @@ def main(limit: int, list_file: str) -> None:
             outcome = {"outcome": "refused", "message": str(err)}
         except BaseException:  # noqa: BLE001 - the test reports whatever escaped
             outcome = {"outcome": "crash", "error": traceback.format_exc()}
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rss = own_peak_rss()
         print(json.dumps({"path": path, "peak_rss": rss, **outcome}), flush=True)
 
 
