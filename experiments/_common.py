@@ -1,8 +1,8 @@
 """Settings several experiments of the original study share (imported by the experiment files)."""
 
 
-def seed_augmentation(c):
-    """The seed study's v2 augmentation: flips, small rotations and shifts."""
+def original_study_augmentation(c):
+    """The original study's v2 augmentation: flips, small rotations and shifts."""
     c.augment.hflip_prob = 0.5
     c.augment.rotation_deg = 10.0
     c.augment.translate_frac = 0.1
@@ -11,7 +11,7 @@ def seed_augmentation(c):
 
 def full_augmentation(c):
     """Every augmentation the seed study used (its deep CNN v3)."""
-    seed_augmentation(c)
+    original_study_augmentation(c)
     c.augment.rotation_deg = 15.0
     c.augment.scale_range = (0.9, 1.1)
     c.augment.shear_deg = 10.0

@@ -4,13 +4,13 @@ Redoes the original study's CBAM experiment (three conv stages of 32/64/128 with
 spatial attention). The original study expected 60-65% but reported no run. Here: 66.2%
 PublicTest after 30 epochs (66.8% ten-crop), 111 minutes; a member of `ensemble`.
 """
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 from fer_jax.config import base_config
 
 
 def get_config():
-    c = seed_augmentation(base_config())
-    c.description = "CNN with CBAM attention (seed: expected 60-65%, no run reported)"
+    c = original_study_augmentation(base_config())
+    c.description = "CNN with CBAM attention (original study: expected 60-65%, no run reported)"
     c.model = "cbam_cnn"
     c.epochs = 30
     c.batch_size = 64

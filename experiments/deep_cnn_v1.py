@@ -3,13 +3,13 @@
 Redoes the original study's deeper CNN v1: 57.72% validation accuracy with 93.9% training
 accuracy (overfitting), on its 80/20 split of Training.
 """
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 from fer_jax.config import base_config
 
 
 def get_config():
-    c = seed_augmentation(base_config())
-    c.description = "deeper CNN (seed: 57.72%, train 93.9%: overfitting)"
+    c = original_study_augmentation(base_config())
+    c.description = "deeper CNN (original study: 57.72%, train 93.9%: overfitting)"
     c.model = "deep_cnn_v1"
     c.learning_rate = 1e-3
     c.weight_decay = 1e-4

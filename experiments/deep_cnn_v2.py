@@ -8,6 +8,6 @@ from fer_jax.experiments.deep_cnn_v1 import get_config as v1_config
 
 def get_config():
     c = v1_config()
-    c.description = "deeper CNN, more regularization (seed: reported v1's numbers)"
+    c.description = "deeper CNN, more regularization (original study: reported v1's numbers)"
     c.model = "deep_cnn_v2"
     return c

@@ -9,5 +9,5 @@ from fer_jax.experiments.deep_cnn_v2 import get_config as v2_config
 
 def get_config():
     c = full_augmentation(v2_config())
-    c.description = "deeper CNN v2 + full augmentation (seed: slow to reach 40%)"
+    c.description = "deeper CNN v2 + full augmentation (original study: slow to reach 40%)"
     return c

@@ -14,7 +14,7 @@ from fer_jax.config import base_config
 
 def get_config():
     c = base_config()
-    c.description = "average of the final (resnet stage 2) and cbam members (seed: no figure)"
+    c.description = "average of the final (resnet stage 2) and cbam members (original study: no figure)"
     c.ensemble.members = ("cbam", "resnet", "final")
     c.ensemble.weights = (1.0, 0.0, 1.0)
     c.ensemble.tta = "flip_crops"

@@ -20,12 +20,12 @@ augmentation and schedules of hundreds of epochs) are GPU recipes: a ResNet epoc
 takes about 2 minutes on a 2-core CPU, so the two stages above (about 90 minutes) are
 sized for a CPU.
 """
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 from fer_jax.config import base_config
 
 
 def get_config():
-    c = seed_augmentation(base_config())
+    c = original_study_augmentation(base_config())
     c.augment.scale_range = (0.9, 1.1)
     c.description = "resnet stage 2: warm restart, label smoothing, cosine to zero (ten-crop TTA)"
     c.model = "resnet18"  # as in stage 1 (experiments/resnet.py)

@@ -8,13 +8,13 @@ the full-width ResNet-18 without pooling (which trains at about 19 images/s on a
 model_kwargs.stem=cifar for it). It is the first stage of `final`, which starts from
 runs/resnet. Here: 65.3% PublicTest after 30 epochs (67.0% ten-crop), 66 minutes.
 """
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 from fer_jax.config import base_config
 
 
 def get_config():
-    c = seed_augmentation(base_config())
-    c.description = "ResNet-18, widths 32-256, 3x3 stem + 2x2 pool (seed: no figure)"
+    c = original_study_augmentation(base_config())
+    c.description = "ResNet-18, widths 32-256, 3x3 stem + 2x2 pool (original study: no figure)"
     c.model = "resnet18"
     c.model_kwargs.width = 32
     c.model_kwargs.stem = "pool"

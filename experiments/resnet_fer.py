@@ -9,11 +9,11 @@ evaluated and checkpointed model. Evaluated with the ten-crop (`--tta flip_crops
 The compute this takes on a CPU is in docs/results/accuracy_plan.md.
 """
 from fer_jax.config import base_config
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 
 
 def get_config():
-    c = seed_augmentation(base_config())
+    c = original_study_augmentation(base_config())
     c.description = "ResNet-18 64-512, 40x40 crops, mixup, label smoothing, SGD cosine, EMA, 300 epochs"
     c.model = "resnet18"
     c.model_kwargs.width = 64

@@ -5,11 +5,11 @@ Needs the weights (no download here): --set init_from=resnet18-f37072fd.pth
 network from scratch, a baseline for the cost and the gain of pretraining.
 """
 from fer_jax.config import base_config
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 
 
 def get_config():
-    c = seed_augmentation(base_config())
+    c = original_study_augmentation(base_config())
     c.description = "ResNet-18, ImageNet stem, from torchvision ImageNet weights, 96 px"
     c.model = "resnet18"
     c.model_kwargs.stem = "imagenet"  # the 7x7/2 conv + max-pool the weights were trained with

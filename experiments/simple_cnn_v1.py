@@ -9,11 +9,11 @@ from fer_jax.config import base_config
 
 def get_config():
     c = base_config()
-    c.description = "plain CNN, no BatchNorm, no augmentation (seed: 57.66%, stopped at epoch 12)"
+    c.description = "plain CNN, no BatchNorm, no augmentation (original study: 57.66%, stopped at epoch 12)"
     c.model = "simple_cnn_v1"
     c.epochs = 30
     c.batch_size = 64
     c.learning_rate = 1e-3
     c.early_stopping_patience = 5
-    c.plateau.enabled = False  # the seed used a constant learning rate here
+    c.plateau.enabled = False  # the original study used a constant learning rate here
     return c

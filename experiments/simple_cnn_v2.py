@@ -4,13 +4,13 @@ Redoes the original study's simple CNN v2 (lr 5e-4, weight decay 1e-4,
 ReduceLROnPlateau, early stopping patience 7). The original study reported 59.11% best
 validation accuracy on its 80/20 split of Training: its best result overall.
 """
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 from fer_jax.config import base_config
 
 
 def get_config():
-    c = seed_augmentation(base_config())
-    c.description = "simple CNN + BatchNorm + augmentation + AdamW + plateau (seed: 59.11%)"
+    c = original_study_augmentation(base_config())
+    c.description = "simple CNN + BatchNorm + augmentation + AdamW + plateau (original study: 59.11%)"
     c.model = "simple_cnn_v2"
     c.learning_rate = 5e-4
     c.weight_decay = 1e-4

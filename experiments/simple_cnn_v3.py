@@ -9,14 +9,14 @@ corrections at once weight the rare class twice (it is oversampled and its loss 
 scaled up), so its effective weight is about 16.5^2 times that of "happy". Kept as it
 was, to make that visible.
 """
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 from fer_jax.config import base_config
 
 
 def get_config():
-    c = seed_augmentation(base_config())
+    c = original_study_augmentation(base_config())
     c.description = ("simple_cnn_v2 network, weighted loss + balanced sampling "
-                     "(seed: collapsed to 1.76%, only 'disgust')")
+                     "(original study: collapsed to 1.76%, only 'disgust')")
     c.model = "simple_cnn_v2"
     c.learning_rate = 5e-4
     c.weight_decay = 1e-4

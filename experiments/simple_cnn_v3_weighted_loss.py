@@ -8,6 +8,6 @@ from fer_jax.experiments.simple_cnn_v3 import get_config as v3_config
 
 def get_config():
     c = v3_config()
-    c.description = "class-weighted loss only, no balanced sampling (seed: not run)"
+    c.description = "class-weighted loss only, no balanced sampling (original study: not run)"
     c.balanced_sampling = False
     return c

@@ -10,11 +10,11 @@ validation loss; 300 epochs, resumable in pieces. Evaluated with the ten-crop
 The compute this takes on a CPU is in docs/results/accuracy_plan.md.
 """
 from fer_jax.config import base_config
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 
 
 def get_config():
-    c = seed_augmentation(base_config())
+    c = original_study_augmentation(base_config())
     c.description = "VGG 64-512, 40x40 crops, SGD Nesterov, reduce-on-plateau, 300 epochs"
     c.model = "vgg_fer"
     c.augment.random_crop = 40

@@ -5,11 +5,11 @@ Needs the weights (no download here): --set init_from=vgg16_bn-6c64b313.pth
 torchvision's 4096-wide classifier, whose weights are then reported as not used.
 """
 from fer_jax.config import base_config
-from fer_jax.experiments._common import seed_augmentation
+from fer_jax.experiments._common import original_study_augmentation
 
 
 def get_config():
-    c = seed_augmentation(base_config())
+    c = original_study_augmentation(base_config())
     c.description = "VGG-16-bn, from torchvision ImageNet weights, global-pool head, 96 px"
     c.model = "vgg16_bn"
     c.model_kwargs.head = "gap"
