@@ -10,7 +10,7 @@ def original_study_augmentation(c):
 
 
 def full_augmentation(c):
-    """Every augmentation the seed study used (its deep CNN v3)."""
+    """Every augmentation the original study used (its deep CNN v3)."""
     original_study_augmentation(c)
     c.augment.rotation_deg = 15.0
     c.augment.scale_range = (0.9, 1.1)

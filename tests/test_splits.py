@@ -1,4 +1,4 @@
-"""Splits: the official one, its fallback, and the seed study's duplicate-aware stratified one."""
+"""Splits: the official one, its fallback, and the original study's duplicate-aware stratified one."""
 from __future__ import annotations
 
 import numpy as np

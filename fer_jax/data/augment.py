@@ -24,14 +24,14 @@ from fer_jax.errors import UserError
 
 FILL_MODES = ("nearest", "reflect", "constant")
 
-# Random erasing, as in the seed study (torchvision RandomErasing's defaults).
+# Random erasing, as in the original study (torchvision RandomErasing's defaults).
 ERASE_AREA = (0.02, 0.2)
 ERASE_ASPECT = (0.3, 3.3)
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Every augmentation of the seed study; 0 / False (or scale (1, 1)) disables one.
+    """Every augmentation of the original study; 0 / False (or scale (1, 1)) disables one.
 
     rotation_deg: angle ~ U(-r, r) degrees. hflip_prob: probability of a mirror.
     translate_frac: shift ~ U(-f, f) * image size, per axis. scale_range: zoom ~ U(lo, hi).

@@ -4,7 +4,7 @@ Schemes:
 - "official": Training / PublicTest / PrivateTest (when present). A source without
   PublicTest rows (train.csv, or a folder whose test file names do not say) falls
   back to a stratified hold-out of Training, and the description says so.
-- "stratified" (the seed study's): a seeded, stratified 80/20 split of Training in
+- "stratified" (the original study's): a seeded, stratified 80/20 split of Training in
   which identical images stay on one side; it validates on part of Training, and
   tests on PublicTest when present.
 Unlabelled rows (the competition's test.csv) are never validated or tested on.

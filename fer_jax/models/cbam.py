@@ -1,4 +1,4 @@
-"""CBAM attention (Woo et al. 2018) and the seed study's CNN that uses it (cbam_cnn)."""
+"""CBAM attention (Woo et al. 2018) and the original study's CNN that uses it (cbam_cnn)."""
 from __future__ import annotations
 
 from typing import Any
@@ -68,7 +68,7 @@ class CBAMCNN(nn.Module):
     """Stages of two Conv3x3+BN+ReLU, CBAM, 2x2 max-pool; global average pool;
     Dense(dense_width)+BN+ReLU+Dropout; Dense(num_classes).
 
-    CBAM sits after each stage's convs and before its max-pool, as in the seed study:
+    CBAM sits after each stage's convs and before its max-pool, as in the original study:
     the attention then sees (and its sown maps show) the stage's full resolution.
     The hidden Dense has no bias because BatchNorm follows it.
     """

@@ -1,4 +1,4 @@
-"""The seed study's deeper plain CNNs (deep_cnn_v1, deep_cnn_v2): VGG-like blocks, global pooling."""
+"""The original study's deeper plain CNNs (deep_cnn_v1, deep_cnn_v2): VGG-like blocks, global pooling."""
 from __future__ import annotations
 
 from typing import Any

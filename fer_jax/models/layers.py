@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from fer_jax.kernels import conv_general_dilated_for
 
-# He/Kaiming normal with fan_out, as the seed study's PyTorch models initialised convs
+# He/Kaiming normal with fan_out, as the original study's PyTorch models initialised convs
 # (jax's "normal" is untruncated, like torch.nn.init.kaiming_normal_).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 

@@ -36,7 +36,7 @@ _SPECS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_SPECS)
-# The seed study's architectures (what the benchmark compares with PyTorch); the rest
+# The original study's architectures (what the benchmark compares with PyTorch); the rest
 # exist to take converted ImageNet weights.
 STUDY_MODEL_NAMES: tuple[str, ...] = tuple(n for n in MODEL_NAMES if n not in ("vgg16_bn", "vgg19_bn"))
 

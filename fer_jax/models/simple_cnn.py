@@ -1,4 +1,4 @@
-"""The seed study's two-conv baselines (simple_cnn_v1 and, with BatchNorm, simple_cnn_v2)."""
+"""The original study's two-conv baselines (simple_cnn_v1 and, with BatchNorm, simple_cnn_v2)."""
 from __future__ import annotations
 
 from typing import Any
