@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 
 from fer_jax.cli import ensemble as ensemble_cli
 from fer_jax.cli import evaluate
 from fer_jax.data.cache import load_fer_cached
-from fer_jax.errors import run_cli
-from fer_jax.inference import ensemble
+from fer_jax.engine.checkpoint import resolve_checkpoint
+from fer_jax.errors import UserError, run_cli
+from fer_jax.inference import ensemble, ensemble_file, ensemble_selection
 from fer_jax.inference.scoring import score
 from fer_jax.inference.tta import shifted, tta_views
 
@@ -148,5 +151,254 @@ def test_search_scores_every_subset_and_lists_the_best_first(simple_run, cbam_ru
                           "--search"]) == 0
     out = capsys.readouterr().out
     first_line = out.splitlines()[0]  # the ensemble of all members: the only subset of two
-    assert "best subsets of the 2 checkpoints (1 scored on PublicTest" in out
+    assert "best subsets of the 2 members (1 scored on PublicTest" in out
     assert out.split("best subsets")[1].splitlines()[1].startswith(first_line.split()[1])
+
+
+# --- the ensemble file (release/ensemble.json) --------------------------------------
+
+RELEASE = pathlib.Path(__file__).resolve().parents[1] / "release"
+
+
+def test_released_ensemble_file_names_its_members_weights_and_how_they_were_chosen():
+    spec = ensemble_file.read_ensemble_file()
+    assert spec.path == RELEASE / "ensemble.json"
+    assert spec.names == ("final", "cbam") and spec.checkpoints == (RELEASE / "final", RELEASE / "cbam")
+    assert spec.weights == (1.0, 1.0) and spec.tta == "flip_crops"
+    assert spec.selection == "equal: no selection"
+    assert spec.record["measured"]["split"] == "PublicTest"
+
+
+def _write_spec(folder: pathlib.Path, runs: dict, **record) -> pathlib.Path:
+    """An ensemble file in FOLDER whose members are links to the runs' best step folders."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, run in runs.items():
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(resolve_checkpoint(run), target_is_directory=True)
+    path = folder / "ensemble.json"
+    path.write_text(json.dumps({"members": list(runs), "weights": [1] * len(runs), "tta": "none",
+                                "selection": "equal: no selection", **record}))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"members": []}, "members: expected a non-empty list"),
+    ({"members": ["/etc"]}, "no absolute path"),
+    ({"members": ["../simple"]}, "no absolute path, no '..'"),
+    ({"members": ["nowhere"]}, "'nowhere' is not a released model"),
+    ({"members": ["simple", "simple"]}, "names a member twice"),
+    ({"weights": [1, 2, 3]}, "weights: expected a list of 1 numbers"),
+    ({"weights": [True]}, "weights: expected a list of 1 numbers"),
+    ({"weights": [0]}, "non-negative with a positive sum"),
+    ({"tta": "mirror"}, "tta: 'mirror' is not one of none, flip, flip_crops"),
+    ({"selection": ""}, "selection: say how the weights were chosen"),
+    ({"weights_chosen_on": "x"}, "unknown keys weights_chosen_on"),
+])
+def test_a_bad_ensemble_file_is_one_line_naming_the_file(change, message, simple_run, fer_sample_path,
+                                                         tmp_path, capsys):
+    path = _write_spec(tmp_path / "bad", {"simple": simple_run})
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(UserError, match=message) as err:
+        ensemble_file.read_ensemble_file(path)
+    assert str(err.value).startswith(f"{path}: ")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(ensemble_cli.main, ["--ensemble-file", str(path), "--data", str(fer_sample_path)])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and message in lines[0]
+
+
+@pytest.mark.parametrize("text, message", [("{", "not JSON"), ("[1, 2]", "expected a JSON object"),
+                                           ('{"members": ["simple"]}', "missing weights, tta, selection")])
+def test_an_unreadable_ensemble_file_is_named(text, message, tmp_path):
+    path = tmp_path / "ensemble.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        ensemble_file.read_ensemble_file(path)
+    with pytest.raises(UserError, match="no such ensemble file"):
+        ensemble_file.read_ensemble_file(tmp_path / "missing.json")
+
+
+def test_without_checkpoints_the_command_scores_the_file_s_ensemble(simple_run, cbam_run, fer_sample_path,
+                                                                    tmp_path, capsys):
+    path = _write_spec(tmp_path / "spec", {"simple": simple_run, "cbam": cbam_run})
+    path.write_text(json.dumps({**json.loads(path.read_text()), "weights": [3, 1], "tta": "flip"}))
+    assert ensemble_cli.main(["--ensemble-file", str(path), "--data", str(fer_sample_path),
+                              "--out", str(tmp_path / "out")]) == 0
+    from_file = capsys.readouterr().out.splitlines()
+    assert ensemble_cli.main(["--checkpoints", str(simple_run), str(cbam_run), "--weights", "3", "1",
+                              "--tta", "flip", "--data", str(fer_sample_path)]) == 0
+    given = capsys.readouterr().out.splitlines()
+    assert from_file[:3] == given[:3]  # accuracy, macro-F1, examples
+    assert f"ensemble file: {path} (weights: equal: no selection)" in from_file
+    assert any(line.startswith("simple (simple_cnn_v1)") for line in from_file)
+    assert any(line.startswith("ensemble of 2 (tta=flip, weights 3 1)") for line in from_file)
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["ensemble_file"]["members"] == ["simple", "cbam"] and report["weights"] == [3.0, 1.0]
+    with pytest.raises(UserError, match="not both"):
+        ensemble_cli.main(["--ensemble-file", str(path), "--checkpoints", str(simple_run),
+                           "--data", str(fer_sample_path)])
+
+
+def test_without_checkpoints_the_released_pair_is_scored(fer_sample_path, capsys):
+    assert ensemble_cli.main(["--data", str(fer_sample_path), "--tta", "none"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"ensemble file: {RELEASE / 'ensemble.json'} (weights: equal: no selection)" in lines
+    assert [line.split()[0] for line in lines if "(resnet18)" in line or "(cbam_cnn)" in line] == ["final", "cbam"]
+    assert any(line.startswith("ensemble of 2 (tta=none, weights 1 1)") for line in lines)
+
+
+# --- choosing on held-out Training rows ----------------------------------------------
+
+def _stratified_run(tmp_path_factory, data_path, name: str, model: str, model_kwargs: dict, seed: int):
+    from fer_jax.config import load_experiment
+    from fer_jax.data.source import prepare_data
+    from fer_jax.engine.run_options import RunOptions
+    from fer_jax.engine.trainer import train_and_evaluate
+
+    workdir = tmp_path_factory.getbasetemp() / f"fer_jax_stratified_{name}"
+    if not (workdir / "summary.json").exists():
+        config = load_experiment(model)
+        config.max_train_steps, config.batch_size, config.seed = 3, 32, seed
+        config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
+        config.data.split_scheme = "stratified"
+        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(data_path)),
+                           options=RunOptions(wandb_mode="disabled", progress=False))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def stratified_runs(tmp_path_factory, fer_sample_path):
+    return [_stratified_run(tmp_path_factory, fer_sample_path, "a", "simple_cnn_v1",
+                            {"widths": (8, 16), "dense_width": 32}, 0),
+            _stratified_run(tmp_path_factory, fer_sample_path, "b", "simple_cnn_v1",
+                            {"widths": (8, 16), "dense_width": 32}, 1),
+            _stratified_run(tmp_path_factory, fer_sample_path, "c", "cbam",
+                            {"widths": (8, 16, 16), "dense_width": 32}, 2)]
+
+
+def _with_shuffled_public_labels(source: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    from conftest import write_kaggle_csv
+    data = load_fer_cached(source)
+    labels = data.labels.copy()
+    public = np.flatnonzero(data.usage == "PublicTest")
+    labels[public] = np.random.default_rng(0).permutation(labels[public])
+    assert not np.array_equal(labels, data.labels)
+    return write_kaggle_csv(out, data.images, labels, data.usage)
+
+
+def test_selection_on_held_out_rows_never_reads_public_test_labels(stratified_runs, fer_sample_path, tmp_path,
+                                                                   capsys, monkeypatch):
+    shuffled = _with_shuffled_public_labels(fer_sample_path, tmp_path / "shuffled.csv")
+    runs = [str(r) for r in stratified_runs]
+    reports = {}
+    for name, data in (("real", fer_sample_path), ("shuffled", shuffled)):
+        out = tmp_path / name
+        assert ensemble_cli.main(["--checkpoints", *runs, "--data", str(data), "--select-on", "stratified-val",
+                                  "--tta", "flip", "--out", str(out), "--search"]) == 0
+        reports[name] = json.loads((out / "metrics.json").read_text())
+        printed = capsys.readouterr().out
+        assert "held-out Training rows (stratified 20%, seed 42)" in printed
+        assert "PublicTest scored once with that choice" in printed
+    real, shuffled_report = reports["real"]["selection"], reports["shuffled"]["selection"]
+    for key in ("members", "weights", "accuracy", "macro_f1", "rows"):
+        assert real[key] == shuffled_report[key]
+    assert reports["real"]["subsets"] == reports["shuffled"]["subsets"]
+    from fer_jax.data.splits import make_splits
+    assert real["rows"] == len(make_splits(load_fer_cached(fer_sample_path), "stratified").validation)
+    assert reports["real"]["weights"] == real["weights"]
+    # ... while the report on PublicTest does read the (shuffled) labels.
+    assert reports["real"]["ensemble"]["confusion_matrix"] != reports["shuffled"]["ensemble"]["confusion_matrix"]
+
+
+def test_selection_scores_public_test_once(stratified_runs, fer_sample_path, public_test, monkeypatch, capsys):
+    """Members are each scored on PublicTest for the table, the ensemble once: no choice
+    among several ensembles is made there."""
+    calls = []
+    real_score = ensemble.score
+
+    def counting(labels, probs):
+        calls.append("PublicTest" if np.array_equal(labels, public_test.labels) else "other")
+        return real_score(labels, probs)
+
+    monkeypatch.setattr(ensemble, "score", counting)
+    assert ensemble_cli.main(["--checkpoints", *map(str, stratified_runs), "--data", str(fer_sample_path),
+                              "--select-on", "stratified-val"]) == 0
+    assert calls.count("PublicTest") == len(stratified_runs) + 1
+    assert calls.count("other") == 2 ** len(stratified_runs) - 1  # every subset, on the held-out rows
+
+
+def test_choose_subset_takes_the_best_on_the_given_rows_and_ties_go_to_fewer_members():
+    labels = np.array([0, 1, 2, 3])
+    right = np.eye(7)[labels]
+    wrong = np.eye(7)[(labels + 1) % 7]
+    choice = ensemble_selection.choose_subset([wrong, right, right], labels, ["a", "b", "b"])
+    assert choice["members"] == ["b"] and choice["weights"] == [0.0, 1.0, 0.0]
+    assert choice["accuracy"] == 1.0 and choice["candidates"] == 7
+
+
+@pytest.mark.parametrize("value", ["PublicTest", "PrivateTest", "public-test", "privatetest", "test"])
+def test_selecting_on_a_test_split_is_refused_in_one_line(value, stratified_runs, fer_sample_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(ensemble_cli.main, ["--checkpoints", str(stratified_runs[0]), "--data", str(fer_sample_path),
+                                    "--select-on", value])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"--select-on {value}: refused" in lines[0]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--select-on", "training"], "unknown; valid: stratified-val"),
+    (["--select-on", "stratified-val", "--weights", "1"], "--weights and --select-on"),
+    (["--select-on", "stratified-val", "--split", "Training"], "the held-out rows are part of Training"),
+])
+def test_selection_flag_mistakes(flags, message, stratified_runs, fer_sample_path):
+    with pytest.raises(UserError, match=message):
+        ensemble_cli.main(["--checkpoints", str(stratified_runs[0]), "--data", str(fer_sample_path), *flags])
+
+
+def test_selection_refuses_members_that_trained_on_every_training_row(simple_run, stratified_runs,
+                                                                      fer_sample_path):
+    with pytest.raises(UserError, match="data.split_scheme=official, so it trained on every Training row"):
+        ensemble_cli.main(["--checkpoints", str(stratified_runs[0]), str(simple_run), "--data",
+                           str(fer_sample_path), "--select-on", "stratified-val"])
+
+
+def test_the_held_out_slice_is_the_members_validation_split(stratified_runs, fer_sample_path):
+    from fer_jax.data.splits import make_splits
+    data = load_fer_cached(fer_sample_path)
+    member = ensemble.load_member(stratified_runs[0])
+    held = ensemble_selection.held_out_slice(data, [member.info])
+    validation = make_splits(data, "stratified", val_fraction=0.2, seed=42).validation
+    np.testing.assert_array_equal(held.data.images, validation.images)
+    assert set(held.data.usage.tolist()) == {"Training"} and held.notes == ()
+
+
+def test_an_ensemble_experiment_on_the_stratified_split_records_its_choice(stratified_runs, fer_sample_path,
+                                                                           tmp_path, monkeypatch):
+    from fer_jax.config import base_config
+    from fer_jax.engine import ensemble_training
+
+    def stratified(*_):
+        config = base_config()
+        config.data.split_scheme = "stratified"
+        return config
+
+    # The members are the runs trained above; the training loop itself is test_engine's.
+    runs = dict(zip(("a", "b", "c"), stratified_runs))
+    monkeypatch.setattr(ensemble_training, "member_config", stratified)
+    monkeypatch.setattr(ensemble_training, "train_and_evaluate",
+                        lambda member, workdir, **_: {"best_checkpoint": str(runs[workdir.name])})
+    config = stratified()
+    config.experiment = "ensemble"
+    config.ensemble.members = ("a", "b", "c")
+    summary = ensemble_training.train_ensemble(config, tmp_path / "ens", overrides=[],
+                                               data_path=str(fer_sample_path), progress=False)
+    written = json.loads((tmp_path / "ens" / "summary.json").read_text())
+    selection = written["selection"]
+    assert selection["on"] == "validation" and selection["test_split"] == "PublicTest"
+    assert set(selection["members"]) <= {"a", "b", "c"} and selection["rows"] > 0
+    assert written["test"]["weights"] == selection["weights"]
+    assert written["test"]["ensemble"]["count"] == len(load_fer_cached(fer_sample_path).split("PublicTest"))
+    assert summary["selection"] == selection

@@ -25,14 +25,21 @@ class Member:
     probabilities: Callable[[np.ndarray, str], np.ndarray]
 
 
-def load_member(checkpoint: str | pathlib.Path, batch_size: int = 256) -> Member:
-    """A checkpoint as an ensemble member (its model is loaded once)."""
+def load_member(checkpoint: str | pathlib.Path, batch_size: int = 256, name: str | None = None) -> Member:
+    """A checkpoint as an ensemble member (its model is loaded once); NAME (default: the
+    checkpoint as given) is how tables and reports call it."""
     loaded = load_model(checkpoint)
     classifier = loaded.classifier(batch_size)
     meta = loaded.meta
-    info = {"checkpoint": str(checkpoint), "step_dir": str(loaded.step_dir), "model": loaded.config.model,
-            "experiment": (meta.get("config") or {}).get("experiment", ""),
-            "synthetic": bool(meta.get("synthetic") or (meta.get("data") or {}).get("name") == "fer_synthetic")}
+    config = meta.get("config") or {}
+    split = config.get("data") or {}
+    info = {"name": name or str(checkpoint), "checkpoint": str(checkpoint), "step_dir": str(loaded.step_dir),
+            "model": loaded.config.model, "experiment": config.get("experiment", ""),
+            "synthetic": bool(meta.get("synthetic") or (meta.get("data") or {}).get("name") == "fer_synthetic"),
+            # What held-out selection needs to know: which rows the member never trained on.
+            "split_scheme": split.get("split_scheme", "official"), "split_seed": split.get("split_seed"),
+            "val_fraction": split.get("val_fraction"),
+            "data_fingerprint": (meta.get("data") or {}).get("fingerprint")}
     return Member(info, lambda images, tta: probabilities_with_tta(classifier, images, tta))
 
 
@@ -66,35 +73,53 @@ def check_weight_values(weights: Sequence[float]) -> None:
         raise UserError("weights must be non-negative with a positive sum")
 
 
-def evaluate_ensemble(checkpoints: Sequence[str | pathlib.Path], images: np.ndarray, labels: np.ndarray,
-                      tta: str = "none", weights: Sequence[float] | None = None,
-                      batch_size: int = 256) -> dict:
-    """Every member's and the ensemble's metrics on labelled faces:
-    {"members": [{checkpoint, step_dir, model, experiment, synthetic, **metrics}], "ensemble": metrics}."""
-    check_tta(tta)  # an unknown mode fails before any model is loaded
-    if weights is not None and len(weights) != len(checkpoints):
-        raise UserError(f"{len(weights)} weights for {len(checkpoints)} checkpoints")
-    if weights is not None:
-        check_weight_values(weights)
-    members, all_probs = [], []
-    for checkpoint in checkpoints:
-        member = load_member(checkpoint, batch_size)
+def check_weights(weights: Sequence[float] | None, count: int) -> None:
+    """One non-negative weight per member with a positive sum (None: equal weights)."""
+    if weights is None:
+        return
+    if len(weights) != count:
+        raise UserError(f"{len(weights)} weights for {count} checkpoints")
+    check_weight_values(weights)
+
+
+def evaluate_members(members: Sequence[Member], images: np.ndarray, labels: np.ndarray, tta: str = "none",
+                     weights: Sequence[float] | None = None) -> dict:
+    """Every loaded member's and the ensemble's metrics on labelled faces (see evaluate_ensemble)."""
+    check_tta(tta)
+    check_weights(weights, len(members))
+    rows, all_probs = [], []
+    for member in members:
         probs = member.probabilities(images, tta)
         all_probs.append(probs)
-        members.append({**member.info, **score(labels, probs)})
+        rows.append({**member.info, **score(labels, probs)})
     ensemble = score(labels, ensemble_probabilities(all_probs, weights))
-    return {"members": members, "ensemble": ensemble, "tta": tta,
+    return {"members": rows, "ensemble": ensemble, "tta": tta,
             "weights": list(weights) if weights is not None else None, "probabilities": all_probs}
 
 
-def subset_search(probabilities: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str]) -> list[dict]:
-    """Every subset of two or more members, probabilities averaged with equal weights,
-    best accuracy first: [{"members": [...], "accuracy", "macro_f1"}]."""
+def evaluate_ensemble(checkpoints: Sequence[str | pathlib.Path], images: np.ndarray, labels: np.ndarray,
+                      tta: str = "none", weights: Sequence[float] | None = None,
+                      batch_size: int = 256, names: Sequence[str] | None = None) -> dict:
+    """Every member's and the ensemble's metrics on labelled faces:
+    {"members": [{name, checkpoint, step_dir, model, experiment, synthetic, ..., **metrics}],
+     "ensemble": metrics, "tta", "weights", "probabilities": [(N, 7) per member]}."""
+    check_tta(tta)  # an unknown mode or wrong weights fail before any model is loaded
+    check_weights(weights, len(checkpoints))
+    names = list(names) if names is not None else [None] * len(checkpoints)
+    members = [load_member(c, batch_size, n) for c, n in zip(checkpoints, names)]
+    return evaluate_members(members, images, labels, tta, weights)
+
+
+def subset_search(probabilities: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str],
+                  min_size: int = 2) -> list[dict]:
+    """Every subset of MIN_SIZE or more members, probabilities averaged with equal weights,
+    best accuracy first, then fewer members, then the members' order:
+    [{"members": [...], "accuracy", "macro_f1"}]."""
     if len(names) > MAX_SEARCH_MEMBERS:
         raise UserError(f"--search over {len(names)} checkpoints would score {2 ** len(names)} subsets; "
                         f"give at most {MAX_SEARCH_MEMBERS}")
     rows = []
-    for size in range(2, len(names) + 1):
+    for size in range(min_size, len(names) + 1):
         for combo in itertools.combinations(range(len(names)), size):
             s = score(labels, ensemble_probabilities([probabilities[i] for i in combo]))
             rows.append({"members": [names[i] for i in combo], "accuracy": s["accuracy"],
@@ -105,7 +130,7 @@ def subset_search(probabilities: Sequence[np.ndarray], labels: np.ndarray, names
 
 def format_table(result: dict) -> str:
     """Members, then the ensemble: accuracy and macro-F1 per row."""
-    names = [f"{m['checkpoint']} ({m['model']})" for m in result["members"]]
+    names = [f"{m.get('name') or m['checkpoint']} ({m['model']})" for m in result["members"]]
     weights = result.get("weights")
     ensemble_name = f"ensemble of {len(names)} (tta={result['tta']}" + (
         f", weights {' '.join(f'{w:g}' for w in weights)})" if weights else ")")
