@@ -6,6 +6,7 @@
     python benchmarks/xla_cpu_probe.py first-block  # the recipes' first block (3x3, 1->32, 48x48) by batch size
     python benchmarks/xla_cpu_probe.py microbatch [M [unroll]]  # fast_15min's step, each device's share in scanned microbatches of M
     python benchmarks/xla_cpu_probe.py profile [MODEL|EXPERIMENT]  # a train step's time per XLA op kind (needs TensorFlow)
+    python benchmarks/xla_cpu_probe.py pool [MODEL ...]  # max_pool2's own gradient against a reshape-and-max's automatic one
 
 Each runs on however many CPU devices XLA_FLAGS gives (one by default) and takes the
 XLA_FLAGS it is started with, so that backends can be compared in separate processes,
@@ -14,6 +15,7 @@ e.g. XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (YNNPACK off). Times are 
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import os
 import re
@@ -159,7 +161,7 @@ def probe_microbatch(micro: int, unroll: bool, batch: int = 64) -> None:
     import optax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from fer_jax.bench import bench_targets
+    from fer_jax.benchmarking.steps import bench_targets
     from fer_jax.models import get_model
 
     (target,) = bench_targets([], ["fast_15min"])
@@ -212,11 +214,61 @@ def probe_microbatch(micro: int, unroll: bool, batch: int = 64) -> None:
           f"{batch / float(np.median(times)):.0f} img/s", flush=True)
 
 
+def _autodiff_max_pool2(x):
+    """max_pool2 as a reshape and a max, differentiated by JAX (ties share the gradient)."""
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def probe_pool(models: list[str], rounds: int = 5, steps: int = 3) -> None:
+    """The ReLU + 2x2 max-pool gradient alone, then whole train steps of MODELS (the bench's
+    steps, default kernels), with fer_jax's max_pool2 and with _autodiff_max_pool2 in turn."""
+    from unittest import mock
+
+    from fer_jax.benchmarking.steps import prepare_jax_steps
+    from fer_jax.models import cbam, deep_cnn, resnet, simple_cnn, vgg
+    from fer_jax.models.layers import max_pool2
+
+    pools = {"max_pool2": max_pool2, "autodiff": _autodiff_max_pool2}
+    rng = np.random.default_rng(0)
+    for shape in ((BATCH, 48, 48, 32), (BATCH, 24, 24, 64), (BATCH, 12, 12, 128)):
+        x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        dy = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])), jnp.float32)
+        grads = {name: jax.jit(lambda x, dy, p=p: jax.vjp(lambda x: p(jax.nn.relu(x)), x)[1](dy)[0])
+                 for name, p in pools.items()}
+        times = {name: [] for name in pools}
+        for r in range(rounds):
+            for name in (list(pools) if r % 2 == 0 else list(reversed(pools))):
+                times[name].append(median_ms(grads[name], x, dy, repeats=5))
+        print(f"{shape} ReLU+pool gradient: " + "  ".join(
+            f"{name} {np.median(t):.2f} ms" for name, t in times.items()), flush=True)
+    for model in models:
+        prepared = {}
+        for name, pool in pools.items():
+            with contextlib.ExitStack() as stack:
+                for module in (cbam, deep_cnn, resnet, simple_cnn, vgg):
+                    stack.enter_context(mock.patch.object(module, "max_pool2", pool))
+                prepared[name] = prepare_jax_steps(model, BATCH).train_step  # compiled here
+        times = {name: [] for name in pools}
+        for r in range(rounds):
+            for name in (list(pools) if r % 2 == 0 else list(reversed(pools))):
+                jax.block_until_ready(prepared[name]())
+                start = time.perf_counter()
+                for _ in range(steps):
+                    jax.block_until_ready(prepared[name]())
+                times[name].append((time.perf_counter() - start) / steps)
+        rates = {name: BATCH / float(np.median(t)) for name, t in times.items()}
+        print(f"{model} train img/s on {jax.device_count()} device(s): " + "  ".join(
+            f"{name} {rate:.0f}" for name, rate in rates.items())
+            + f"  ratio {rates['max_pool2'] / rates['autodiff']:.2f}", flush=True)
+
+
 def probe_profile(what: str, steps: int = 10) -> None:
     """WHAT: a registry model, or an experiment (the network it trains)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from fer_jax.bench import bench_targets, prepare_jax_steps
+    from fer_jax.benchmarking.steps import bench_targets, prepare_jax_steps
     from fer_jax.config import experiment_names
 
     (target,) = bench_targets([], [what]) if what in experiment_names() else bench_targets([what], [])
@@ -253,7 +305,7 @@ def probe_profile(what: str, steps: int = 10) -> None:
           f"on {jax.device_count()} device(s); op time summed over XLA's threads: "
           f"{sum(per_kind.values()):.1f} ms (convolutions that Eigen runs on its own threads are "
           "undercounted)")
-    for kind, ms in per_kind.most_common(15):
+    for kind, ms in per_kind.most_common(int(os.environ.get("PROFILE_TOP", "15"))):
         print(f"{ms:8.2f} ms  {calls[kind]:6.1f} calls  {kind}")
 
 
@@ -262,6 +314,7 @@ if __name__ == "__main__":
               "first-block": probe_first_block,
               "microbatch": lambda: probe_microbatch(int(sys.argv[2]) if len(sys.argv) > 2 else 64,
                                                      sys.argv[3:4] == ["unroll"]),
+              "pool": lambda: probe_pool(sys.argv[2:] or ["simple_cnn_v1", "cbam_cnn"]),
               "profile": lambda: probe_profile(sys.argv[2] if len(sys.argv) > 2 else "cbam_cnn")}
     if len(sys.argv) < 2 or sys.argv[1] not in probes:
         sys.exit(f"usage: python benchmarks/xla_cpu_probe.py {{{'|'.join(probes)}}} [MODEL]")

@@ -8,7 +8,7 @@ import sys
 
 import jax
 
-from fer_jax.bench import prepare_jax_steps
+from fer_jax.benchmarking.steps import prepare_jax_steps
 
 
 def main(train_steps: int, eval_steps: int) -> None:

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax import bench
+from fer_jax import timing
+from fer_jax.benchmarking import measure, report, steps as bench_steps
+from fer_jax.cli import bench
 from fer_jax.errors import UserError
 from fer_jax.models import STUDY_MODEL_NAMES as MODEL_NAMES, get_model
 
@@ -36,7 +38,7 @@ def torch():
 
 @pytest.fixture(scope="module")
 def torch_bench(torch):
-    return bench.load_torch_bench()
+    return measure.load_torch_bench()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ RECIPES = ("fast_5min", "fast_15min")
 
 
 def recipe_network(experiment: str) -> tuple[str, dict]:
-    (target,) = bench.bench_targets([], [experiment])
+    (target,) = bench_steps.bench_targets([], [experiment])
     return target.model, dict(target.model_kwargs)
 
 
@@ -198,7 +200,7 @@ def test_measure_images_per_s_counts_finished_steps_over_the_window():
         now[0] += 0.01
         return "out"
 
-    rate = bench.measure_images_per_s(step, 10, 0.2, block=blocked.append, warmup_steps=2,
+    rate = timing.measure_images_per_s(step, 10, 0.2, block=blocked.append, warmup_steps=2,
                                       clock=lambda: now[0])
     assert rate == pytest.approx(1000.0)  # 10 images per 10 ms
     assert now[0] >= 0.2 + 0.03  # the whole window, after the warm-up and sizing steps
@@ -209,12 +211,12 @@ def test_measure_images_per_s_counts_finished_steps_over_the_window():
 
 # ------------------------------------------------------------------------------- table
 
-def _result(**overrides) -> bench.ModelResult:
+def _result(**overrides) -> report.ModelResult:
     values = dict(model="resnet18", kernels="onednn", params=11_171_271, flops_per_image=1.2345e9, compile_s=12.34,
                   jax_train=300.0, jax_eval=1200.0, torch_train=150.0, torch_eval=1600.0,
                   torch_train_setting="fp32", torch_eval_setting="bf16")
     values.update(overrides)
-    return bench.ModelResult(**values)
+    return report.ModelResult(**values)
 
 
 def _cells(line: str) -> list[str]:
@@ -222,7 +224,7 @@ def _cells(line: str) -> list[str]:
 
 
 def test_table_with_pytorch_columns_and_ratios():
-    lines = bench.format_table([_result()], with_torch=True).splitlines()
+    lines = report.format_table([_result()], with_torch=True).splitlines()
     assert _cells(lines[0]) == [
         "model", "kernels", "params", "fwd MFLOP/img", "compile s", "fer_jax train img/s",
         "PyTorch train img/s", "train ratio", "fer_jax eval img/s", "PyTorch eval img/s",
@@ -232,7 +234,7 @@ def test_table_with_pytorch_columns_and_ratios():
 
 
 def test_table_without_pytorch_has_only_fer_jax_columns():
-    lines = bench.format_table([_result(torch_train=None, torch_eval=None,
+    lines = report.format_table([_result(torch_train=None, torch_eval=None,
                                         flops_per_image=math.nan)], with_torch=False).splitlines()
     assert _cells(lines[0]) == ["model", "kernels", "params", "fwd MFLOP/img", "compile s",
                                 "fer_jax train img/s", "fer_jax eval img/s"]
@@ -243,11 +245,11 @@ def test_table_without_pytorch_has_only_fer_jax_columns():
 
 def test_json_records_have_one_entry_per_model_and_kernels(tmp_path):
     results = [_result(), _result(kernels="xla", jax_train=200.0, flops_per_image=math.nan)]
-    run = bench.BenchRun(results=results, pipeline_images_per_s=None, batch_size=64, seconds=2.0,
+    run = report.BenchRun(results=results, pipeline_images_per_s=None, batch_size=64, seconds=2.0,
                          rounds=3, compute_dtype="bfloat16", devices="2 x cpu", threads=2,
                          torch_version="2.13.0+cpu")
     path = tmp_path / "bench.json"
-    bench.write_json(path, run)
+    report.write_json(path, run)
     records = json.loads(path.read_text())
     assert [(r["model"], r["kernels"]) for r in records] == [("resnet18", "onednn"),
                                                              ("resnet18", "xla")]
@@ -259,21 +261,22 @@ def test_json_records_have_one_entry_per_model_and_kernels(tmp_path):
 
 
 def test_kernels_settings_resolve_once_each_in_order():
-    assert bench.resolved_kernels(["xla", "xla"]) == ["xla"]
-    assert bench.parse_args([]).kernels == ["auto"]
-    assert bench.parse_args(["--kernels", "onednn", "xla"]).kernels == ["onednn", "xla"]
+    assert measure.resolved_kernels(["xla", "xla"]) == ["xla"]
+    assert bench.parse_args([], MODEL_NAMES).kernels == ["auto"]
+    assert bench.parse_args(["--kernels", "onednn", "xla"], MODEL_NAMES).kernels == ["onednn", "xla"]
     with pytest.raises(SystemExit):
-        bench.parse_args(["--kernels", "fast"])
+        bench.parse_args(["--kernels", "fast"], MODEL_NAMES)
 
 
 def test_importing_the_command_leaves_jax_unimported():
     """The CPU device split (--cpu-devices) must run before jax is imported."""
-    code = "import sys, fer_jax.bench; assert 'jax' not in sys.modules, 'jax imported'"
+    code = ("import sys, fer_jax.bench, fer_jax.cli.bench; "
+            "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_the_library_never_imports_benchmarks():
-    root = pathlib.Path(bench.__file__).resolve().parent
+    root = pathlib.Path(report.__file__).resolve().parents[1]
     for path in root.rglob("*.py"):
         assert not re.search(r"^\s*(from|import) benchmarks\b|\"benchmarks\.", path.read_text(),
                              re.M), path
@@ -287,15 +290,15 @@ def test_unknown_model_is_a_user_error():
 
 
 def test_experiments_are_timed_with_their_network():
-    targets = bench.bench_targets(["cbam_cnn"], list(RECIPES))
+    targets = bench_steps.bench_targets(["cbam_cnn"], list(RECIPES))
     assert [t.label for t in targets] == ["cbam_cnn", "fast_5min (simple_cnn_v1)",
                                           "fast_15min (simple_cnn_v1)"]
     assert targets[0].model_kwargs == {}
     assert dict(targets[1].model_kwargs) == {"widths": (32, 64, 128), "kernel_size": 3, "dropout": 0.0}
     assert dict(targets[2].model_kwargs)["widths"] == (32, 64, 128, 256)
     # --experiments alone times only them; --models alone (or neither) the models.
-    assert bench.parse_args(["--experiments", "fast_5min"]).models == []
-    assert bench.parse_args([]).models == list(MODEL_NAMES)
+    assert bench.parse_args(["--experiments", "fast_5min"], MODEL_NAMES).models == []
+    assert bench.parse_args([], MODEL_NAMES).models == list(MODEL_NAMES)
 
 
 @pytest.mark.parametrize("experiment, message", [
@@ -304,15 +307,15 @@ def test_experiments_are_timed_with_their_network():
 ])
 def test_experiments_the_bench_cannot_time_are_user_errors(experiment, message):
     with pytest.raises(UserError, match=message):
-        bench.bench_targets([], [experiment])
+        bench_steps.bench_targets([], [experiment])
 
 
 def test_asking_for_pytorch_without_it_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(bench, "load_torch_bench", lambda: None)
+    monkeypatch.setattr(measure, "load_torch_bench", lambda: None)
     with pytest.raises(UserError, match="PyTorch is not installed"):
-        bench.resolve_torch(True)
-    assert bench.resolve_torch(None) == (None, "PyTorch is not installed")
-    assert bench.resolve_torch(False) == (None, "--no-torch")
+        measure.resolve_torch(True)
+    assert measure.resolve_torch(None) == (None, "PyTorch is not installed")
+    assert measure.resolve_torch(False) == (None, "--no-torch")
 
 
 @pytest.mark.parametrize("what, label, params", [
@@ -321,14 +324,14 @@ def test_asking_for_pytorch_without_it_is_a_user_error(monkeypatch):
 ])
 def test_smoke_run_prints_the_table(what, label, params, capsys):
     """Both frameworks' columns with PyTorch installed, fer_jax's alone without it."""
-    with_torch = bench.load_torch_bench() is not None
+    with_torch = measure.load_torch_bench() is not None
     status = bench.main([*what, "--batch-size", "8", "--seconds", "0.05", "--kernels", "xla",
                          "--rounds", "1", "--pipeline-images", "64"])
     assert status == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("|")]
     assert len(lines) == 3
-    assert _cells(lines[0]) == bench.table_columns(with_torch)
+    assert _cells(lines[0]) == report.table_columns(with_torch)
     row = dict(zip(_cells(lines[0]), _cells(lines[2])))
     assert row["model"] == label and row["kernels"] == "xla" and row["params"] == params
     numeric = ["fwd MFLOP/img", "fer_jax train img/s", "fer_jax eval img/s"]

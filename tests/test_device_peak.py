@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from fer_jax import bench, device_peak
+from fer_jax import device_peak
+from fer_jax.benchmarking import measure, report as bench_report
 
 
 @pytest.mark.parametrize("kind, dtype, expected", [
@@ -40,7 +41,7 @@ def _result(**overrides):
     values = dict(model="cbam_cnn", kernels="xla", params=325_312, flops_per_image=1e9, compile_s=3.0,
                   jax_train=1000.0, jax_eval=5000.0)
     values.update(overrides)
-    return bench.ModelResult(**values)
+    return bench_report.ModelResult(**values)
 
 
 def _cells(line: str) -> list[str]:
@@ -48,24 +49,24 @@ def _cells(line: str) -> list[str]:
 
 
 def test_table_with_a_peak_shows_tflops_and_shares():
-    lines = bench.format_table([_result()], with_torch=False, peak_tflops=30.0).splitlines()
+    lines = bench_report.format_table([_result()], with_torch=False, peak_tflops=30.0).splitlines()
     row = dict(zip(_cells(lines[0]), _cells(lines[2])))
     assert row["train TFLOP/s"] == "3.00" and row["train % of peak"] == "10.0"
     assert row["eval % of peak"] == "16.7"
-    no_flops = bench.format_table([_result(flops_per_image=math.nan)], with_torch=False,
-                                  peak_tflops=30.0).splitlines()
+    no_flops = bench_report.format_table([_result(flops_per_image=math.nan)], with_torch=False,
+                                         peak_tflops=30.0).splitlines()
     row = dict(zip(_cells(no_flops[0]), _cells(no_flops[2])))
     assert row["train TFLOP/s"] == row["train % of peak"] == row["eval % of peak"] == "—"
 
 
 def test_report_says_where_the_peak_comes_from_and_what_tensorflow_holds():
-    run = bench.BenchRun(results=[_result()], pipeline_images_per_s=40_000.0, batch_size=512,
-                         seconds=2.0, rounds=3, compute_dtype="bfloat16", devices="1 x NVIDIA H200",
-                         threads=16, torch_version=None, peak_tflops=989.4,
-                         peak_source="vendor data sheet, dense",
-                         tensorflow_gpus="1 GPU(s) present, 0 visible to TensorFlow",
-                         device_memory="peak 1.25 GiB of 130.0 GiB in use by JAX on device 0")
-    report = bench.format_report(run)
+    run = bench_report.BenchRun(results=[_result()], pipeline_images_per_s=40_000.0, batch_size=512,
+                                seconds=2.0, rounds=3, compute_dtype="bfloat16", devices="1 x NVIDIA H200",
+                                threads=16, torch_version=None, peak_tflops=989.4,
+                                peak_source="vendor data sheet, dense",
+                                tensorflow_gpus="1 GPU(s) present, 0 visible to TensorFlow",
+                                device_memory="peak 1.25 GiB of 130.0 GiB in use by JAX on device 0")
+    report = bench_report.format_report(run)
     assert "40,000 images/s: 40.0x the fastest train step's images/s" in report
     assert "Peak: 989.4 TFLOP/s for 1 x NVIDIA H200 at bfloat16 (vendor data sheet, dense)" in report
     assert "TensorFlow: 1 GPU(s) present, 0 visible to TensorFlow." in report
@@ -75,17 +76,17 @@ def test_report_says_where_the_peak_comes_from_and_what_tensorflow_holds():
 
 def test_on_a_cpu_there_is_no_peak_unless_given():
     import jax
-    assert bench.devices_peak("float32", None) == (None, None)
-    total, source = bench.devices_peak("float32", 2.0)
+    assert measure.devices_peak("float32", None) == (None, None)
+    total, source = measure.devices_peak("float32", 2.0)
     assert source == "--peak-tflops" and total == pytest.approx(2.0 * len(jax.devices()))
-    memory = bench.device_memory_report()
+    memory = measure.device_memory_report()
     assert memory is None or memory.startswith("peak ")
 
 
 def test_tensorflow_gpu_report_counts_the_machines_gpus_and_sees_none():
     # On a CPU-only machine both counts are 0; on a GPU machine this checks the hiding too.
     import tensorflow as tf
-    report = bench.tensorflow_gpu_report()
+    report = measure.tensorflow_gpu_report()
     present, visible = (int(word) for word in report.replace("GPU(s)", "").split()
                         if word.isdigit())
     assert present == len(tf.config.list_physical_devices("GPU"))

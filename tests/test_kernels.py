@@ -17,7 +17,8 @@ import pytest
 from jax import lax
 
 from benchmarks.conv_layers import conv_shapes
-from fer_jax import bench, kernels
+from fer_jax import kernels
+from fer_jax.benchmarking.steps import prepare_jax_steps
 from fer_jax.errors import UserError
 from fer_jax.kernels import build
 from fer_jax.kernels.conv import OnednnConvGeneralDilated
@@ -203,7 +204,7 @@ def test_bfloat16_training_with_onednn_starts_and_ends_where_xlas_does():
 def _loss_curves(model: str, dtype: str, steps_run: int = 6) -> dict[str, np.ndarray]:
     curves = {}
     for name in ("onednn", "xla"):
-        steps = bench.prepare_jax_steps(model, 8, dtype, TRAIN_NETWORKS[model], kernels=name)
+        steps = prepare_jax_steps(model, 8, dtype, TRAIN_NETWORKS[model], kernels=name)
         assert steps.kernels == name
         curves[name] = np.array([float(steps.train_step()["loss"]) for _ in range(steps_run)])
     return curves
