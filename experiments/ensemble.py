@@ -17,5 +17,5 @@ def get_config():
     c.description = "average of the final (resnet stage 2) and cbam members (original study: no figure)"
     c.ensemble.members = ("cbam", "resnet", "final")
     c.ensemble.weights = (1.0, 0.0, 1.0)
-    c.ensemble.tta = "flip_crops"
+    c.eval_tta = "flip_crops"  # the average of the members, scored once
     return c

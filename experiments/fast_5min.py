@@ -40,6 +40,6 @@ def get_config():
     c.lr_schedule = "cosine"
     c.warmup_epochs = 0.25
     c.weight_decay = 1e-4
-    c.plateau.enabled = False
+    c.plateau.factor = 1.0  # no plateau
     c.budget_minutes = 4.5
     return c

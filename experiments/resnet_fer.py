@@ -22,17 +22,15 @@ def get_config():
     c.augment.translate_frac = 0.0  # the random crop does the shifting
     c.mixup_alpha = 0.2
     c.label_smoothing = 0.1
-    c.optimizer = "sgd"
+    c.optimizer = "nesterov"
     c.momentum = 0.9
-    c.nesterov = True
     c.learning_rate = 0.1
     c.weight_decay = 5e-4
     c.batch_size = 128
     c.epochs = 300
     c.lr_schedule = "cosine"
     c.warmup_epochs = 1.0
-    c.plateau.enabled = False
+    c.plateau.factor = 1.0  # no plateau: the cosine schedule alone
     c.ema_decay = 0.999
-    c.eval_tta = "flip"
-    c.ensemble.tta = "flip_crops"
+    c.eval_tta = "flip"  # every epoch; the ten-crop is python -m fer_jax.evaluate --tta flip_crops
     return c

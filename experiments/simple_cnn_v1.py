@@ -15,5 +15,5 @@ def get_config():
     c.batch_size = 64
     c.learning_rate = 1e-3
     c.early_stopping_patience = 5
-    c.plateau.enabled = False  # the original study used a constant learning rate here
+    c.plateau.factor = 1.0  # no plateau: the original study used a constant learning rate here
     return c

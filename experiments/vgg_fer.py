@@ -20,17 +20,14 @@ def get_config():
     c.augment.random_crop = 40
     c.augment.translate_frac = 0.0  # the random crop does the shifting
     c.augment.erasing_prob = 0.5
-    c.optimizer = "sgd"
+    c.optimizer = "nesterov"
     c.momentum = 0.9
-    c.nesterov = True
     c.learning_rate = 0.01
     c.weight_decay = 1e-4
     c.batch_size = 64
     c.epochs = 300
-    c.plateau.enabled = True
     c.plateau.factor = 0.75
     c.plateau.patience = 5
     c.plateau.min_scale = 1e-3
-    c.eval_tta = "flip"
-    c.ensemble.tta = "flip_crops"
+    c.eval_tta = "flip"  # every epoch; the ten-crop is python -m fer_jax.evaluate --tta flip_crops
     return c

@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fer_jax.checkout_packages import DEFAULT_RELEASE, release_root
+from fer_jax.config import upgrade
 from fer_jax.data.cache import load_fer_cached
 from fer_jax.data.types import CLASS_NAMES, PUBLIC_TEST
 from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
@@ -54,14 +55,15 @@ def stage_one(config: dict) -> dict | None:
 
 
 def _recipe_lines(config: dict, first_stage: dict | None = None) -> list[str]:
+    config = upgrade(config)  # a run stored under older keys reads as today's
     aug = config.get("augment", {})
-    active = {k: v for k, v in aug.items() if k != "fill_mode" and v not in (0, 0.0, [1.0, 1.0], (1.0, 1.0))}
+    active = {k: v for k, v in aug.items() if v not in (0, 0.0, [1.0, 1.0], (1.0, 1.0))}
     lines = [
         f"- model: `{config['model']}` {json.dumps(config.get('model_kwargs') or {})}",
         f"- optimizer: AdamW, learning rate {config['learning_rate']:g}, weight decay "
         f"{config['weight_decay']:g}, schedule `{config.get('lr_schedule', 'constant')}`"
         f" (warm-up {config.get('warmup_epochs', 0):g} epochs), reduce-on-plateau "
-        f"{'on' if config['plateau']['enabled'] else 'off'}; batch {config['batch_size']}",
+        f"{'on' if config['plateau']['factor'] < 1 else 'off'}; batch {config['batch_size']}",
         f"- epochs: {config['epochs']}, early stopping patience {config['early_stopping_patience']}",
         f"- label smoothing {config['label_smoothing']:g}; class-weighted loss "
         f"{config['class_weighted_loss']}; balanced sampling {config['balanced_sampling']}",

@@ -125,7 +125,7 @@ def _heading(split: str, budget_minutes: float | None) -> str:
                 "data preparation included; classes = how many classes the best checkpoint predicts.")
     return (f"Split: {split}; budget {budget_minutes:g} min per run of the training loop's wall-clock "
             "time (steps, compilation, per-epoch validation and checkpoints), checked every "
-            "log_every_steps steps; train min = that time as spent; wall min = the whole run, "
+            "--log-every steps; train min = that time as spent; wall min = the whole run, "
             "data preparation included; classes = how many classes the best checkpoint predicts.")
 
 
@@ -198,7 +198,7 @@ def train_series(configs: dict, root: pathlib.Path, *, data_path: str | None, op
         config = configs[name]
         data_key = config.data.to_json()
         if data_key not in prepared:
-            prepared[data_key] = prepare_data(config.data, data_path)
+            prepared[data_key] = prepare_data(config.data, data_path, skip_bad_rows=options.skip_bad_rows)
             if prepared[data_key].synthetic:
                 raise UserError("the study needs FER2013 (--data or $FER2013_PATH); found none")
         length = ("its own schedule" if budget_minutes is None else f"{budget_minutes:g} min budget")

@@ -103,9 +103,11 @@ def test_plateau_scales_the_update_and_steps_only_per_epoch():
     chex.assert_trees_all_close(delta_half, jax.tree.map(lambda d: d * 0.5, delta_full), atol=1e-6)
 
 
-def test_disabled_plateau_never_changes_the_scale():
+def test_plateau_factor_one_is_off_and_never_changes_the_scale():
     config = _config()
-    config.plateau.enabled = False
+    config.plateau.factor = 1.0
+    config.plateau.patience = 0
+    config_lib.validate(config)
     optimizer = optim.build_optimizer(config)
     state = optimizer.plateau.init({})
     for value in (1.0, 2.0, 3.0, 4.0, 5.0):
@@ -280,14 +282,20 @@ def test_the_train_step_reports_the_learning_rate_it_used():
 
 @pytest.mark.parametrize("override, message", [
     ("final_lr_fraction=1.5", "final_lr_fraction must be a number in [0, 1], got 1.5"),
-    ("plateau.factor=2.0", "plateau.factor must be a number in (0, 1), got 2.0"),
+    ("plateau.factor=2.0", "plateau.factor must be a number in (0, 1] (1: off), got 2.0"),
+    ("plateau.factor=0.0", "plateau.factor must be a number in (0, 1] (1: off), got 0.0"),
     ("batch_size=0", "batch_size must be a whole number >= 1, got 0"),
-    ("parallel=threads", "parallel must be one of jit, pmap, got 'threads'"),
+    ("optimizer=rmsprop", "optimizer must be one of adamw, sgd, nesterov, got 'rmsprop'"),
+    ("optimizer=nesterov momentum=0.0", "momentum must be > 0 with optimizer=nesterov"),
+    ("eval_tta=crops", "eval_tta must be one of none, flip, flip_crops, got 'crops'"),
+    ("eval_tta=flip_crops", "eval_tta=flip_crops is for ensembles"),
+    ("data.split_scheme=random", "data.split_scheme must be one of official, stratified, got 'random'"),
+    ("data.val_fraction=1.0", "data.val_fraction must be a number in (0, 1), got 1.0"),
     ("warmup_epochs=-1", "warmup_epochs must be a number >= 0, got -1.0"),
     ("transfer.freeze=('stem',)", "transfer.freeze is set but init_from is empty"),
 ])
 def test_the_config_is_validated_once_with_errors_naming_the_key(override, message):
-    config = config_lib.apply_overrides(config_lib.load_experiment("cbam"), [override])
+    config = config_lib.apply_overrides(config_lib.load_experiment("cbam"), override.split(" "))
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
         config_lib.validate(config)

@@ -147,9 +147,9 @@ def test_mixup_with_class_weights_is_refused_naming_the_keys():
 
 # -------------------------------------------------------------------------- optimizer
 
-@pytest.mark.parametrize("nesterov, factor", [(False, 1.0), (True, 1.9)])
-def test_sgd_first_update_is_the_momentum_rule(nesterov, factor):
-    config = _config(optimizer="sgd", momentum=0.9, nesterov=nesterov, learning_rate=0.1)
+@pytest.mark.parametrize("optimizer, factor", [("sgd", 1.0), ("nesterov", 1.9)])
+def test_sgd_first_update_is_the_momentum_rule(optimizer, factor):
+    config = _config(optimizer=optimizer, momentum=0.9, learning_rate=0.1)
     tx = optim.build_optimizer(config).tx
     params = {"w": jnp.ones(3)}
     grads = {"w": jnp.asarray([1.0, -2.0, 0.5])}
@@ -186,8 +186,8 @@ def synthetic_only(monkeypatch, tmp_path):
 
 
 def test_ema_run_checkpoints_the_average_and_resumes_it(synthetic_only, tmp_path):
-    config = _config(model="simple_cnn_v2", ema_decay=0.9, batch_size=16, eval_batch_size=64,
-                     max_train_steps=2, log_every_steps=1, **{"data.synthetic_size": 400})
+    config = _config(model="simple_cnn_v2", ema_decay=0.9, batch_size=16, max_train_steps=2,
+                     **{"data.synthetic_size": 400})
     prepared = source.prepare_data(config.data)
     train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
     latest = max((tmp_path / "checkpoints" / "latest").iterdir(), key=lambda p: int(p.name))
@@ -213,7 +213,7 @@ def test_ema_run_checkpoints_the_average_and_resumes_it(synthetic_only, tmp_path
 def test_recipe_builds_and_trains_two_steps(name, synthetic_only, tmp_path):
     status = train_cli.main(["--experiment", name, "--workdir", str(tmp_path), "--no-progress",
                              "--set", "max_train_steps=2", "--set", "data.synthetic_size=400",
-                             "--set", "batch_size=16", "--set", "eval_batch_size=64"])
+                             "--set", "batch_size=16", "--eval-batch-size", "64"])
     assert status in (0, None)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 2

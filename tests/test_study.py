@@ -23,7 +23,6 @@ def tiny_config(**values):
     config.model_kwargs.widths = (8, 16)
     config.model_kwargs.dense_width = 32
     config.batch_size = 32
-    config.log_every_steps = 1
     for key, value in values.items():
         config[key] = value
     return config
@@ -77,7 +76,8 @@ class FakeClock:
 
 
 def _options(clock) -> RunOptions:
-    return RunOptions(checkpoint_every_steps=0, progress=False, clock=clock)
+    # The budget is checked at every logged step: here every step.
+    return RunOptions(checkpoint_every_steps=0, progress=False, clock=clock, log_every_steps=1)
 
 
 def test_a_budget_stops_training_and_a_rerun_does_not_train_past_it(prepared, tmp_path):

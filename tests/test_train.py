@@ -27,11 +27,10 @@ def small_config(**overrides):
     config.model = "simple_cnn_v2"
     config.batch_size = 32
     config.epochs = 2
-    config.log_every_steps = 4
     config.augment.rotation_deg = 10.0
     config.augment.hflip_prob = 0.5
     config.augment.translate_frac = 0.1
-    config.plateau.enabled = True
+    config.plateau.factor = 0.5  # on (simple_cnn_v1 turns it off)
     for key, value in overrides.items():
         target = config
         *path, leaf = key.split(".")
@@ -109,9 +108,9 @@ def test_killed_process_resumes_to_the_same_result(fer_sample_path, unbroken_run
     reference_dir, reference = unbroken_run
     command = [sys.executable, "-m", "fer_jax.train", "--experiment=simple_cnn_v1", f"--data={fer_sample_path}",
                f"--workdir={tmp_path}", "--no-progress", "--set", "model=simple_cnn_v2", "--set", "batch_size=32",
-               "--set", "epochs=2", "--set", "log_every_steps=4", "--checkpoint-every", "10",
+               "--set", "epochs=2", "--log-every", "4", "--checkpoint-every", "10",
                "--set", "augment.rotation_deg=10.0", "--set", "augment.hflip_prob=0.5",
-               "--set", "augment.translate_frac=0.1", "--set", "plateau.enabled=true",
+               "--set", "augment.translate_frac=0.1", "--set", "plateau.factor=0.5",
                               # One device like the in-process reference: dropout masks depend on the device count.
                "--cpu-devices", "1"]
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -129,10 +128,10 @@ def test_killed_process_resumes_to_the_same_result(fer_sample_path, unbroken_run
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(prepared, tmp_path):
-    config = small_config(learning_rate=1e9, log_every_steps=1, epochs=1)
+    config = small_config(learning_rate=1e9, epochs=1)
     with pytest.raises(TrainingDiverged, match="diverged at step"):
         train_and_evaluate(config, tmp_path, prepared=prepared,
-                           options=RunOptions(checkpoint_every_steps=1, progress=False))
+                           options=RunOptions(checkpoint_every_steps=1, log_every_steps=1, progress=False))
     variables = _final_variables(tmp_path)
     import jax
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables))
@@ -161,7 +160,9 @@ def test_evaluate_restores_the_best_checkpoint(fer_sample_path, unbroken_run, tm
     (["--experiment=cbam", "--data=/no/such/file.csv"], "/no/such/file.csv"),
     # Named choices are checked before the data is read (the data path is wrong too).
     (["--experiment=cbam", "--set", "eval_tta=crops", "--data=/no/such/file.csv"],
-     "eval_tta must be one of none, flip, got 'crops'"),
+     "eval_tta must be one of none, flip, flip_crops, got 'crops'"),
+    (["--experiment=cbam", "--set", "augment.rotation_deg=500", "--data=/no/such/file.csv"],
+     "augment.rotation_deg must be in [0, 180], got 500.0"),
     (["--experiment=cbam", "--set", "lr_schedule=step", "--data=/no/such/file.csv"],
      "lr_schedule must be one of constant, cosine, got 'step'"),
 ])
@@ -229,7 +230,7 @@ def test_ensemble_experiment_trains_members_in_turn_and_resumes_them(fer_sample_
                f"--workdir={tmp_path}", "--no-progress", "--set", "ensemble.members=('simple_cnn_v1','simple_cnn_v2')",
                "--set", "ensemble.weights=()",
                "--set", "max_train_steps=2", "--set", "batch_size=32",
-               "--set", "ensemble.tta=none"]
+               "--set", "eval_tta=none"]
     first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "ensemble validation accuracy:" in first.stdout
@@ -247,7 +248,7 @@ def test_a_second_stage_member_starts_from_the_member_trained_before_it(fer_samp
     member. A weight of 0 trains a member without averaging it in."""
     command = [sys.executable, "-m", "fer_jax.train", "--experiment=ensemble", f"--data={fer_sample_path}",
                f"--workdir={tmp_path}", "--no-progress", "--set", "ensemble.members=('resnet','final')",
-               "--set", "ensemble.weights=(0,1)", "--set", "ensemble.tta=none", "--set", "model_kwargs.width=4",
+               "--set", "ensemble.weights=(0,1)", "--set", "eval_tta=none", "--set", "model_kwargs.width=4",
                "--set", "max_train_steps=2", "--set", "batch_size=32"]
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -284,27 +285,54 @@ def test_rerunning_a_finished_run_says_it_has_finished(prepared, tmp_path, capsy
     assert "(epoch 2," not in err and again["steps"] == first["steps"]
 
 
-def test_a_run_saved_before_new_config_keys_existed_still_resumes(prepared, tmp_path):
-    """Keys the project adds later (at their defaults) do not block resuming an older run."""
-    import orbax.checkpoint as ocp
-    train_and_evaluate(small_config(max_train_steps=1), tmp_path, prepared=prepared, progress=False)
-    meta_dir = tmp_path / "checkpoints" / "latest" / "1" / "meta"
-    meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir))
-    del meta["config"]["ensemble"]           # as if saved before the key existed
-    del meta["config"]["augment"]["fill_mode"]
+def _rewrite_saved_config(workdir, step: int, change) -> None:
+    """CHANGE(config) applied to the config stored with WORKDIR's latest checkpoint STEP."""
     import shutil
+
+    import orbax.checkpoint as ocp
+    meta_dir = workdir / "checkpoints" / "latest" / str(step) / "meta"
+    meta = dict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir))
+    change(meta["config"])
     shutil.rmtree(meta_dir)
     ocp.Checkpointer(ocp.JsonCheckpointHandler()).save(meta_dir, args=ocp.args.JsonSave(meta))
+
+
+def test_a_run_saved_before_new_config_keys_existed_still_resumes(prepared, tmp_path):
+    """Keys the project adds later (at their defaults) do not block resuming an older run."""
+    train_and_evaluate(small_config(max_train_steps=1), tmp_path, prepared=prepared, progress=False)
+    _rewrite_saved_config(tmp_path, 1, lambda config: config.pop("ensemble"))  # as if saved before it existed
     summary = train_and_evaluate(small_config(max_train_steps=2), tmp_path, prepared=prepared, progress=False)
     assert summary["steps"] == 2
+
+
+def test_a_run_saved_under_the_former_keys_resumes_under_todays(prepared, tmp_path):
+    """plateau.enabled=false is plateau.factor=1 now, nesterov is optimizer=nesterov, and the
+    keys that became flags are dropped: a run stored with them resumes (config.upgrade)."""
+    config = small_config(max_train_steps=1, optimizer="nesterov", **{"plateau.factor": 1.0})
+
+    def as_stored_before(stored):
+        stored["plateau"].update(enabled=False, factor=0.5)
+        stored.update(optimizer="sgd", nesterov=True, parallel="jit", eval_batch_size=256,
+                      log_every_steps=20)
+        stored["augment"]["fill_mode"] = "nearest"
+        stored["data"].update(path="", skip_bad_rows=False)
+        stored["ensemble"]["tta"] = "flip"
+
+    train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)
+    _rewrite_saved_config(tmp_path, 1, as_stored_before)
+    config.max_train_steps = 2
+    assert train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)["steps"] == 2
+    _rewrite_saved_config(tmp_path, 2, lambda stored: stored.update(nesterov=False))  # plain SGD
+    with pytest.raises(UserError, match="different config .*optimizer"):
+        train_and_evaluate(small_config(max_train_steps=3, optimizer="nesterov", **{"plateau.factor": 1.0}),
+                           tmp_path, prepared=prepared, progress=False)
 
 
 def test_the_trainer_under_pmap_computes_what_it_computes_under_jit(prepared, tmp_path):
     results = {}
     for mode in ("jit", "pmap"):
-        config = small_config(max_train_steps=6)
-        config.parallel = mode
-        summary = train_and_evaluate(config, tmp_path / mode, prepared=prepared, progress=False)
+        summary = train_and_evaluate(small_config(max_train_steps=6), tmp_path / mode, prepared=prepared,
+                                     options=RunOptions(parallel=mode, progress=False))
         results[mode] = (summary, _final_variables(tmp_path / mode))
     _assert_same_variables(results["pmap"][1], results["jit"][1], atol=1e-5)
     assert results["pmap"][0]["history"][-1]["val_accuracy"] == results["jit"][0]["history"][-1]["val_accuracy"]
@@ -313,9 +341,9 @@ def test_the_trainer_under_pmap_computes_what_it_computes_under_jit(prepared, tm
 def _train_command(workdir, data, *extra):
     return [sys.executable, "-m", "fer_jax.train", "--experiment=simple_cnn_v1", f"--data={data}",
             f"--workdir={workdir}", "--no-progress", "--set", "model=simple_cnn_v2",
-            "--set", "batch_size=32", "--set", "epochs=2", "--set", "log_every_steps=4",
+            "--set", "batch_size=32", "--set", "epochs=2", "--log-every", "4",
             "--set", "augment.rotation_deg=10.0", "--set", "augment.hflip_prob=0.5",
-            "--set", "augment.translate_frac=0.1", "--set", "plateau.enabled=true",
+            "--set", "augment.translate_frac=0.1", "--set", "plateau.factor=0.5",
             "--checkpoint-every", "10", "--cpu-devices", "1", *extra]  # small_config's run
 
 

@@ -7,10 +7,10 @@ gets exactly the rows that a single process would produce.
 
 Geometry (rotation, translation, scale, shear) is one affine map per image, applied
 in a single ImageProjectiveTransformV3 (bilinear). Uncovered pixels are filled with
-the nearest edge pixel by default: a constant fill paints black wedges whose hard
+the nearest edge pixel (FILL_MODE): a constant fill paints black wedges whose hard
 edges no real face has (and that pull down the image's mean), and a reflection
 mirrors facial parts (an eye, the chin) into the border; edge replication adds the
-least structure. `fill_mode` makes the choice configurable.
+least structure. No experiment needs another fill, so it is not a config key.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from fer_jax.errors import UserError
 
-FILL_MODES = ("nearest", "reflect", "constant")
+FILL_MODES = ("nearest", "reflect", "constant")  # apply_transforms' choices
+FILL_MODE = "nearest"  # the training augmentation's (the module docstring says why)
 
 # Random erasing, as in the original study (torchvision RandomErasing's defaults).
 ERASE_AREA = (0.02, 0.2)
@@ -38,7 +39,7 @@ class AugmentConfig:
     shear_deg: x-shear angle ~ U(-s, s) degrees. brightness: additive delta ~ U(-b, b)
     on the [0, 1] scale. contrast: factor ~ U(1 - c, 1 + c) around the image's mean.
     erasing_prob: probability of erasing one rectangle (2-20 % of the area, aspect
-    0.3-3.3). fill_mode: how the geometric transform fills uncovered pixels.
+    0.3-3.3).
     random_crop: > 0, the side of a window at a uniformly random position that each
     image is cut to first (the batch comes out random_crop x random_crop); 0 keeps 48x48.
     """
@@ -51,7 +52,6 @@ class AugmentConfig:
     brightness: float = 0.0
     contrast: float = 0.0
     erasing_prob: float = 0.0
-    fill_mode: str = "nearest"
     random_crop: int = 0
 
     def __post_init__(self):
@@ -83,9 +83,6 @@ class AugmentConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise UserError(f"augment.{name} must be {rule}, got {getattr(self, name)!r}")
-        if self.fill_mode not in FILL_MODES:
-            raise UserError(f"augment.fill_mode must be one of {', '.join(FILL_MODES)}, "
-                            f"got {self.fill_mode!r}")
 
     @classmethod
     def none(cls) -> "AugmentConfig":
@@ -193,7 +190,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, *,
         shift = tf.stack([draw(3, -1.0, 1.0) * cfg.translate_frac * width,
                           draw(4, -1.0, 1.0) * cfg.translate_frac * height], axis=1)
         transforms = affine_transforms(angle, scale, shear, shift, (height, width))
-        images = apply_transforms(images, transforms, cfg.fill_mode)
+        images = apply_transforms(images, transforms, FILL_MODE)
     if cfg.hflip_prob > 0:
         flip = draw(5, 0.0, 1.0) < cfg.hflip_prob
         images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)

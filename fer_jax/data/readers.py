@@ -488,7 +488,7 @@ def _handle_bad_rows(path: pathlib.Path, bad_rows: list[BadRow], skip_bad_rows: 
     first = bad_rows[0]
     if not skip_bad_rows:
         more = len(bad_rows) - 1
-        leave_out = "--skip-bad-rows leaves bad rows out (train: --set data.skip_bad_rows=true)"
+        leave_out = "--skip-bad-rows leaves bad rows out"
         hint = f" ({more} more bad row(s) follow; {leave_out})" if more else f" ({leave_out})"
         raise DataError(first.source, first.reason + hint, line=first.line)
     if len(bad_rows) >= total:

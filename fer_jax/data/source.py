@@ -39,16 +39,18 @@ def locate_data(path: str | None = None) -> str | None:
     return None
 
 
-def prepare_data(data_config, path: str | None = None) -> PreparedData:
-    """Reads (through the parsed cache) and splits the data the config and PATH point to."""
-    source = locate_data(path or data_config.path or None)
+def prepare_data(data_config, path: str | None = None, *, skip_bad_rows: bool = False) -> PreparedData:
+    """Reads (through the parsed cache) and splits the data PATH points to (else the usual
+    places, else synthetic) as the config's data.* keys say; SKIP_BAD_ROWS leaves the
+    file's unreadable rows out (listed) instead of stopping at the first."""
+    source = locate_data(path)
     if source is None:
         from fer_jax.data.synthetic import SYNTHETIC_NOTICE, make_synthetic
         data: FerData = make_synthetic(data_config.synthetic_size, seed=data_config.split_seed)
         name, notice = "fer_synthetic", SYNTHETIC_NOTICE
     else:
         from fer_jax.data.cache import load_fer_cached
-        data = load_fer_cached(source, skip_bad_rows=data_config.skip_bad_rows)
+        data = load_fer_cached(source, skip_bad_rows=skip_bad_rows)
         name, notice = "fer2013", ""
     splits = make_splits(data, data_config.split_scheme, val_fraction=data_config.val_fraction,
                          seed=data_config.split_seed)

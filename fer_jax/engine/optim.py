@@ -1,7 +1,7 @@
 """The optimizer of every run: one learning-rate schedule, AdamW or SGD per parameter group, a plateau factor.
 
-`optimizer`: "adamw" (decoupled weight_decay) or "sgd" with `momentum`, Nesterov's when
-`nesterov`, and weight_decay as an L2 term added to the gradient (PyTorch's SGD).
+`optimizer`: "adamw" (decoupled weight_decay), or "sgd" / "nesterov" with `momentum`
+(heavy-ball or Nesterov's) and weight_decay as an L2 term added to the gradient (PyTorch's SGD).
 
 The learning rate of a step is
 
@@ -12,7 +12,8 @@ The learning rate of a step is
 - group_scale: 1 for a trained-from-scratch run and for the new head of a fine-tuned one,
   `transfer.backbone_lr_scale` for pretrained layers, 0 for `transfer.freeze` (one
   optax.multi_transform over those labels);
-- plateau_scale: optax.contrib.reduce_on_plateau on the validation loss, once per epoch.
+- plateau_scale: optax.contrib.reduce_on_plateau on the validation loss, once per epoch
+  (plateau.factor 1: never stepped, the scale stays 1).
 
 The plateau is kept out of the per-step chain: Flax-style `apply_gradients` cannot pass
 the `value` it needs, and inside the chain its patience would count updates, not epochs.
@@ -76,9 +77,17 @@ class Optimizer:
         return self._plateau_update(plateau_state, jnp.asarray(validation_loss, jnp.float32))
 
 
+def plateau_enabled(config) -> bool:
+    """plateau.factor 1.0 means no reduction: the plateau is off."""
+    return config.plateau.factor < 1.0
+
+
 def make_plateau(config) -> optax.GradientTransformationExtraArgs:
     p = config.plateau
-    return contrib.reduce_on_plateau(factor=p.factor, patience=p.patience, rtol=_PLATEAU_RTOL,
+    # With the plateau off the transform is never stepped, but its state (scale 1) is
+    # still every run's; optax refuses factor 1, so any valid factor builds it.
+    factor = p.factor if plateau_enabled(config) else 0.5
+    return contrib.reduce_on_plateau(factor=factor, patience=p.patience, rtol=_PLATEAU_RTOL,
                                      atol=_PLATEAU_ATOL, cooldown=_PLATEAU_COOLDOWN,
                                      min_scale=p.min_scale)
 
@@ -92,10 +101,10 @@ def build_optimizer(config, steps_per_epoch: int = 1, labels: Any = None) -> Opt
 
     def per_group(scale: float) -> optax.GradientTransformation:
         rate = lambda count: schedule(count) * scale  # noqa: E731
-        if config.get("optimizer", "adamw") == "sgd":
+        if config.get("optimizer", "adamw") in ("sgd", "nesterov"):
             return optax.chain(optax.add_decayed_weights(config.weight_decay),
                                optax.sgd(rate, momentum=config.momentum or None,
-                                         nesterov=bool(config.nesterov)))
+                                         nesterov=config.optimizer == "nesterov"))
         return optax.adamw(rate, weight_decay=config.weight_decay)
 
     parts = []
@@ -111,7 +120,7 @@ def build_optimizer(config, steps_per_epoch: int = 1, labels: Any = None) -> Opt
     plateau = make_plateau(config)
     update = jax.jit(lambda state, value: plateau.update(updates={}, state=state, value=value)[1])
     return Optimizer(tx=optax.chain(*parts), plateau=plateau, learning_rate=schedule,
-                     plateau_enabled=bool(config.plateau.enabled), _plateau_update=update)
+                     plateau_enabled=plateau_enabled(config), _plateau_update=update)
 
 
 def make_optimizer(config, steps_per_epoch: int = 1, labels: Any = None) -> optax.GradientTransformation:

@@ -44,9 +44,8 @@ from fer_jax.transfer import finetune
 
 # Config keys that may change between a run and its resumption (they do not change
 # what the run computes up to the point where it stopped).
-RESUMABLE_CHANGES = ("epochs", "max_train_steps", "budget_minutes", "log_every_steps",
-                     "early_stopping_patience", "description", "parallel", "eval_batch_size",
-                     "kernels")
+RESUMABLE_CHANGES = ("epochs", "max_train_steps", "budget_minutes", "early_stopping_patience",
+                     "description", "kernels")
 SAMPLE_PREDICTIONS = 32  # validation faces shown with their predictions in W&B
 
 
@@ -217,7 +216,8 @@ def _check_resumable(saved: dict, meta: dict, workdir: pathlib.Path) -> None:
         raise UserError(f"{workdir}: holds a run on other data ({saved.get('data')}); "
                         "use another --workdir")
     defaults = _jsonable(config_lib.base_config().to_dict())
-    saved_config, config = _as_current(saved["config"], defaults), _as_current(meta["config"], defaults)
+    saved_config = _as_current(config_lib.upgrade(saved["config"]), defaults)
+    config = _as_current(meta["config"], defaults)
     if _identity_config(saved_config) != _identity_config(config):
         changed = sorted(k for k in set(saved_config) | set(config)
                          if k not in RESUMABLE_CHANGES and saved_config.get(k) != config.get(k))
@@ -292,6 +292,7 @@ def create_train_state(config, model, meta: dict, *, steps_per_epoch: int,
 def _check_config(config) -> None:
     """Every choice the config makes, before the data is read and the state is built."""
     config_lib.validate(config)
+    pipeline.AugmentConfig.from_mapping(config.augment)  # the augment.* keys
     finetune.check_transfer_config(config)
 
 
@@ -306,7 +307,7 @@ def _announce_data(prepared: PreparedData, epochs: int) -> None:
           f"train {len(splits.train)}, validation {len(splits.validation)}", file=sys.stderr)
 
 
-def _batch_sizes(config, train_examples: int) -> tuple[int, int]:
+def _batch_sizes(config, train_examples: int, eval_batch_size: int) -> tuple[int, int]:
     """(steps per epoch, evaluation batch) for this device count."""
     devices = jax.device_count()
     if config.batch_size % devices:
@@ -315,7 +316,7 @@ def _batch_sizes(config, train_examples: int) -> tuple[int, int]:
     if steps == 0:
         raise UserError(f"the training split has {train_examples} examples, fewer than one batch "
                         f"of {config.batch_size}")
-    return steps, max(config.eval_batch_size - config.eval_batch_size % devices, devices)
+    return steps, max(eval_batch_size - eval_batch_size % devices, devices)
 
 
 def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: PreparedData
@@ -323,7 +324,7 @@ def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: Prepare
     """The run's fixed parts, its (host) state and its metadata."""
     is_main = jax.process_index() == 0
     train = prepared.splits.train
-    steps_per_epoch, eval_batch = _batch_sizes(config, len(train))
+    steps_per_epoch, eval_batch = _batch_sizes(config, len(train), options.eval_batch_size)
     norm = pipeline.normalization_stats(train.images)
     meta = _new_meta(config, prepared, norm, finetune.is_imagenet_weights(config.init_from))
     checkpoints = RunCheckpoints(workdir, keep_latest=options.keep_checkpoints)
@@ -347,7 +348,7 @@ def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: Prepare
     run = Run(config=config, workdir=workdir, options=options, prepared=prepared,
               steps_per_epoch=steps_per_epoch,
               total_steps=min(config.epochs * steps_per_epoch, config.max_train_steps or math.inf),
-              eval_batch=eval_batch, runner=StepRunner(train_fn, eval_fn, config.parallel),
+              eval_batch=eval_batch, runner=StepRunner(train_fn, eval_fn, options.parallel),
               optimizer=optimizer, checkpoints=checkpoints, logger=logger, is_main=is_main,
               params_count=int(sum(leaf.size for leaf in jax.tree.leaves(state.params))), norm=norm)
     return run, state, meta
@@ -513,7 +514,7 @@ def _stop_on_request(run: Run, loop: Loop, stop: _StopRequest, device_state, *, 
 def _after_step(run: Run, loop: Loop, device_state, stop: _StopRequest, bar: tqdm):
     """The periodic actions after a train step; sets loop.done when the run stops here."""
     end_of_epoch = loop.meta["batch_in_epoch"] == run.steps_per_epoch
-    log_step = loop.step % run.config.log_every_steps == 0
+    log_step = loop.step % run.options.log_every_steps == 0
     cap = loop.step >= run.total_steps
     if log_step or end_of_epoch or cap:
         _log_step(run, loop, bar)
@@ -656,7 +657,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     _check_config(config)
     is_main = jax.process_index() == 0
     with locked_workdir(workdir, take=is_main):
-        prepared = prepared or prepare_data(config.data, data_path)
+        prepared = prepared or prepare_data(config.data, data_path, skip_bad_rows=options.skip_bad_rows)
         if is_main:
             _announce_data(prepared, config.epochs)
         run, state, meta = _setup(config, workdir, options, prepared)
