@@ -1,6 +1,7 @@
 """The import rule of the layers (docs/results/layout.md), read from the source with ast:
 no import circles, no library module importing a command, no command importing another
-command, the library never importing benchmarks/."""
+command, the library never importing benchmarks/, and project imports at the top of
+files but for a short list of reasons."""
 from __future__ import annotations
 
 import ast
@@ -31,29 +32,37 @@ def imported_modules(name: str, path: pathlib.Path, known: set[str]) -> set[str]
     """The project modules that NAME imports anywhere in its source (inside functions too:
     an import deferred into a function still depends on the module; importlib.import_module
     of a literal name too)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            candidates = [[alias.name] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            # `from a import b` imports the module a.b when there is one, else a name of a.
-            candidates = [[f"{base}.{alias.name}", base] for alias in node.names]
-        elif _is_import_module_call(node):
-            candidates = [[node.args[0].value]]
-        else:
-            continue
-        for options in candidates:
-            for option in options:
-                target = next((m for m in _prefixes(option) if m in known), None)
-                if target is not None:
-                    found.add(target)
-                    break
+        found |= node_targets(node, name, path, known)
     found.discard(name)
+    return found
+
+
+def node_targets(node: ast.AST, name: str, path: pathlib.Path, known: set[str]) -> set[str]:
+    """The project modules (of KNOWN) that the import statement NODE of module NAME imports;
+    empty when NODE imports none or is no import."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    if isinstance(node, ast.Import):
+        candidates = [[alias.name] for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+            base = ".".join(anchor + ([base] if base else []))
+        # `from a import b` imports the module a.b when there is one, else a name of a.
+        candidates = [[f"{base}.{alias.name}", base] for alias in node.names]
+    elif _is_import_module_call(node):
+        candidates = [[node.args[0].value]]
+    else:
+        return set()
+    found = set()
+    for options in candidates:
+        for option in options:
+            target = next((m for m in _prefixes(option) if m in known), None)
+            if target is not None:
+                found.add(target)
+                break
     return found
 
 
@@ -225,8 +234,9 @@ def top_level_imports(path: pathlib.Path) -> set[str]:
     return names
 
 
-def imports_jax_on_import(name: str, modules: dict[str, pathlib.Path]) -> list[str]:
-    """The chain of project modules by which importing NAME imports jax, or []."""
+def imports_on_import(name: str, modules: dict[str, pathlib.Path],
+                      packages: tuple[str, ...]) -> list[str]:
+    """The chain of project modules by which importing NAME imports one of PACKAGES, or []."""
     seen, stack = set(), [(name, [name])]
     while stack:
         current, chain = stack.pop()
@@ -234,7 +244,7 @@ def imports_jax_on_import(name: str, modules: dict[str, pathlib.Path]) -> list[s
             continue
         seen.add(current)
         imported = top_level_imports(modules[current])
-        if any(n.split(".")[0] in JAX_PACKAGES for n in imported):
+        if any(n.split(".")[0] in packages for n in imported):
             return chain
         for target in imported:
             module = next((m for m in _prefixes(target) if m in modules), None)
@@ -243,7 +253,95 @@ def imports_jax_on_import(name: str, modules: dict[str, pathlib.Path]) -> list[s
     return []
 
 
-@pytest.mark.parametrize("command", ["fer_jax.cli.train", "fer_jax.cli.study", "fer_jax.train", "fer_jax.study"])
+def imports_jax_on_import(name: str, modules: dict[str, pathlib.Path]) -> list[str]:
+    """The chain of project modules by which importing NAME imports jax, or []."""
+    return imports_on_import(name, modules, JAX_PACKAGES)
+
+
+@pytest.mark.parametrize("command", ["fer_jax.cli.train", "fer_jax.cli.study", "fer_jax.cli.bench",
+                                     "fer_jax.train", "fer_jax.study", "fer_jax.bench"])
 def test_the_training_commands_split_the_cpu_before_jax_is_imported(command):
     # runtime.split_cpu_into_devices only works before jax is imported.
     assert imports_jax_on_import(command, project_modules()) == []
+
+
+# Project imports sit at the top of a file. The exceptions, each with its reason:
+# commands that split the CPU into XLA devices, which must happen before jax is imported,
+# and then import the library inside main;
+SPLIT_CPU_COMMANDS = {"fer_jax.cli.train", "fer_jax.cli.study", "fer_jax.cli.bench"}
+# and modules imported where they are used for the dependency they bring (the test checks
+# that each still brings it): an optional extra, or JAX itself where a path runs without it.
+LAZY_MODULES = {
+    "fer_jax.onnx_model.export": ("onnx", "the `onnx` extra: export and --backend onnx"),
+    "fer_jax.serving.app": ("starlette", "the `serve` extra: the web app"),
+    "fer_jax.torch_reference.steps": ("torch", "the `bench` extra: the PyTorch comparison"),
+    "fer_jax.inference.loading": ("jax", "JAX, Flax and Orbax take seconds to import: "
+                                         "ExpressionPredictor on a release's ONNX file never needs them"),
+}
+
+
+def inner_imports(name: str, path: pathlib.Path, known: set[str]) -> list[tuple[int, str, str]]:
+    """(line, function, project module) of every project import of module NAME inside a
+    function or method (importlib.import_module of a literal name too); FUNCTION is the
+    outermost one (Class.method for a method)."""
+    found = []
+    for top in ast.parse(path.read_text(), str(path)).body:
+        functions = ([(top.name, top)] if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)) else
+                     [(f"{top.name}.{n.name}", n) for n in top.body
+                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+                     if isinstance(top, ast.ClassDef) else [])
+        for function_name, function in functions:
+            for node in ast.walk(function):
+                for target in sorted(node_targets(node, name, path, known) - {name}):
+                    found.append((node.lineno, function_name, target))
+    return found
+
+
+def inner_import_problems(root: pathlib.Path = ROOT) -> list[str]:
+    """Project imports inside functions of fer_jax/ that no exception above allows."""
+    modules = project_modules(root)
+    problems = []
+    for name, path in sorted(modules.items()):
+        if not name.startswith("fer_jax"):
+            continue
+        for line, function, target in inner_imports(name, path, set(modules)):
+            if target in LAZY_MODULES or (name in SPLIT_CPU_COMMANDS and function == "main"):
+                continue
+            problems.append(f"{path.relative_to(root)}:{line}: {function} imports {target} inside a function")
+    return problems
+
+
+def test_project_imports_are_at_the_top_of_files():
+    assert inner_import_problems() == []
+
+
+@pytest.mark.parametrize("module", sorted(LAZY_MODULES))
+def test_each_lazily_imported_module_brings_its_dependency(module):
+    """A module stays on LAZY_MODULES only while importing it imports what its reason says."""
+    dependency = LAZY_MODULES[module][0]
+    assert imports_on_import(module, project_modules(), (dependency,)) != [], module
+
+
+def test_the_inner_import_rule_catches_a_deferred_import(tmp_path):
+    files = {
+        "fer_jax/__init__.py": "",
+        "fer_jax/scoring.py": "import importlib\ndef score():\n    from fer_jax import tta\n"
+                              "class Scorer:\n    def run(self):\n"
+                              "        return importlib.import_module('fer_jax.tta')\n",
+        "fer_jax/tta.py": "def views():\n    import numpy\n    from fer_jax.onnx_model import export\n",
+        "fer_jax/onnx_model/__init__.py": "",
+        "fer_jax/onnx_model/export.py": "import onnx\n",
+        "fer_jax/cli/__init__.py": "",
+        "fer_jax/cli/train.py": "def main():\n    from fer_jax import scoring\n"
+                                "def helper():\n    from fer_jax import scoring\n",
+    }
+    for folder in SCANNED:
+        (tmp_path / folder).mkdir()
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    assert inner_import_problems(tmp_path) == [
+        "fer_jax/cli/train.py:4: helper imports fer_jax.scoring inside a function",
+        "fer_jax/scoring.py:3: score imports fer_jax.tta inside a function",
+        "fer_jax/scoring.py:6: Scorer.run imports fer_jax.tta inside a function",
+    ]

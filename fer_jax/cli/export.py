@@ -16,7 +16,11 @@ import sys
 
 import numpy as np
 
+from fer_jax.data.readers import read_fer
 from fer_jax.errors import UserError, run_cli
+from fer_jax.inference.loading import load_model
+from fer_jax.onnx_model.runtime import OnnxClassifier
+from fer_jax.runtime import quiet_tensorflow
 
 TOLERANCE = 1e-4
 CHECKED_FACES = 512
@@ -37,20 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
 def check_faces(data: str | None) -> np.ndarray:
     if data is None:
         return np.random.default_rng(0).integers(0, 256, (CHECKED_FACES, 48, 48), dtype=np.uint8)
-    from fer_jax.data.readers import read_fer
     return read_fer(data).images[:CHECKED_FACES]
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from fer_jax.runtime import quiet_tensorflow
     quiet_tensorflow()
     try:
         from fer_jax.onnx_model.export import export_onnx, write_onnx
-        from fer_jax.onnx_model.runtime import OnnxClassifier
     except ImportError as err:
         raise UserError(f"the ONNX export needs its extra dependencies: pip install 'fer_jax[onnx]' ({err})") from None
-    from fer_jax.inference.loading import load_model
 
     loaded = load_model(args.checkpoint)
     out = pathlib.Path(args.out)

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from fer_jax.inference.expressions import ExpressionPredictor
+
 
 def frame_640x480() -> bytes:
     from skimage import data
@@ -43,7 +45,6 @@ def main(argv=None) -> int:
     import httpx
     import uvicorn
 
-    from fer_jax.inference.expressions import ExpressionPredictor
     from fer_jax.serving.app import PredictionService, create_app
 
     predictor = ExpressionPredictor(None, batch_size=8, detector=args.detector, backend=args.backend)

@@ -14,8 +14,11 @@ import os
 import sys
 import time
 
+from fer_jax.data.cache import default_cache_dir
 from fer_jax.errors import UserError, run_cli
 from fer_jax.faces.detectors import DEFAULT_DETECTOR, DETECTORS
+from fer_jax.inference.expressions import ExpressionPredictor
+from fer_jax.runtime import quiet_tensorflow
 from fer_jax.serving.limits import MAX_PIXELS, MAX_UPLOAD_BYTES, Limits
 
 BACKENDS = ("auto", "jax", "onnx")
@@ -45,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
 def use_compilation_cache() -> None:
     """JAX's persistent compilation cache in the project's cache folder, unless one is set:
     a restarted server with the JAX backend reads its compiled model from disk."""
-    from fer_jax.data.cache import default_cache_dir
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(default_cache_dir() / "jax"))
 
 
@@ -58,10 +60,8 @@ def main(argv=None) -> int:
         from fer_jax.serving.app import PredictionService, create_app
     except ImportError as err:
         raise UserError(f"the web app needs its extra dependencies: pip install 'fer_jax[serve]' ({err})") from None
-    from fer_jax.runtime import quiet_tensorflow
     quiet_tensorflow()
     use_compilation_cache()  # read when JAX is imported, i.e. only if the JAX backend is used
-    from fer_jax.inference.expressions import ExpressionPredictor
 
     started = time.perf_counter()
     # Eight faces a pass: a photo rarely holds more, and a smaller fixed batch is faster.

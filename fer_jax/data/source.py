@@ -6,7 +6,9 @@ import dataclasses
 import os
 import pathlib
 
+from fer_jax.data.cache import load_fer_cached
 from fer_jax.data.splits import DataSplits, make_splits
+from fer_jax.data.synthetic import SYNTHETIC_NOTICE, make_synthetic
 from fer_jax.data.types import FerData
 
 ENV_VAR = "FER2013_PATH"
@@ -45,11 +47,9 @@ def prepare_data(data_config, path: str | None = None, *, skip_bad_rows: bool = 
     file's unreadable rows out (listed) instead of stopping at the first."""
     source = locate_data(path)
     if source is None:
-        from fer_jax.data.synthetic import SYNTHETIC_NOTICE, make_synthetic
         data: FerData = make_synthetic(data_config.synthetic_size, seed=data_config.split_seed)
         name, notice = "fer_synthetic", SYNTHETIC_NOTICE
     else:
-        from fer_jax.data.cache import load_fer_cached
         data = load_fer_cached(source, skip_bad_rows=skip_bad_rows)
         name, notice = "fer2013", ""
     splits = make_splits(data, data_config.split_scheme, val_fraction=data_config.val_fraction,

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from fer_jax.errors import UserError
+from fer_jax.runtime import quiet_tensorflow
 from fer_jax.faces.sampling import apply, sample_square, square_to_image
 
 # Large photos are searched at most this many pixels on their long side: MTCNN's image
@@ -70,7 +71,6 @@ class DetectedFace:
 
 def _load_mtcnn():
     """MTCNN with TensorFlow hidden from the GPUs and its logging reduced to errors."""
-    from fer_jax.runtime import quiet_tensorflow
     quiet_tensorflow()
     try:
         import tensorflow as tf

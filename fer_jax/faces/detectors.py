@@ -16,7 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from fer_jax.errors import UserError
-from fer_jax.faces.detect import DetectedFace
+from fer_jax.faces.blazeface import BlazeFaceDetector
+from fer_jax.faces.detect import DetectedFace, FaceDetector
 
 DETECTORS = ("auto", "blazeface", "mtcnn")
 DEFAULT_DETECTOR = "auto"
@@ -42,9 +43,6 @@ class FirstFound:
 
 def make_detector(name: str = DEFAULT_DETECTOR, min_confidence: float | None = None) -> Detector:
     """The detector called `name`; min_confidence: None keeps each detector's default."""
-    from fer_jax.faces.blazeface import BlazeFaceDetector
-    from fer_jax.faces.detect import FaceDetector
-
     def blazeface():
         return BlazeFaceDetector() if min_confidence is None else BlazeFaceDetector(min_confidence)
 

@@ -21,6 +21,7 @@ from fer_jax.faces.align import align_face, whole_image_face
 from fer_jax.faces.detect import DetectedFace, FaceDetector
 from fer_jax.faces.detectors import DEFAULT_DETECTOR, Detector, make_detector
 from fer_jax.inference.tta import check_tta, probabilities_with_tta
+from fer_jax.onnx_model.runtime import OnnxClassifier, onnxruntime_installed, shipped_onnx
 
 BACKENDS = ("auto", "jax", "onnx")
 
@@ -75,7 +76,6 @@ class ExpressionPredictor:
         # A name (fer_jax.faces.detectors.DETECTORS) or any object with detect(rgb) -> faces.
         self.detector = (make_detector(detector or DEFAULT_DETECTOR)
                          if detector is None or isinstance(detector, str) else detector)
-        from fer_jax.onnx_model.runtime import OnnxClassifier, onnxruntime_installed, shipped_onnx
         shipped = shipped_onnx(checkpoint) if backend != "jax" and onnxruntime_installed() else None
         if shipped is not None:
             # A release's ONNX file: neither JAX nor the checkpoint's arrays are loaded.

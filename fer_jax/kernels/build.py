@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+from fer_jax.data.cache import default_cache_dir
+
 SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 LIBRARY_NAME = "libfer_onednn_conv.so"
 # XLA FFI target name -> the handler symbol in the library.
@@ -123,8 +125,6 @@ def load() -> Library:
     """Builds (if needed) and loads the library and registers its handlers for the CPU,
     once per process; raises KernelsUnavailable with the reason otherwise."""
     import jax
-
-    from fer_jax.data.cache import default_cache_dir
 
     path = build(default_cache_dir())
     try:

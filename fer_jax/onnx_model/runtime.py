@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from fer_jax.checkout_packages import installed_release, released_checkpoint
 from fer_jax.data.types import IMAGE_SIZE, NUM_CLASSES
 from fer_jax.errors import UserError
 
@@ -37,7 +38,6 @@ def onnxruntime_installed() -> bool:
 def shipped_onnx(checkpoint: str | pathlib.Path | None) -> ShippedOnnx | None:
     """The ONNX file shipped in a released model's folder (None: the default release),
     or None when the folder ships none (a training run's checkpoints never do)."""
-    from fer_jax.checkout_packages import installed_release, released_checkpoint
     if checkpoint is None:
         folder = released_checkpoint()
     else:
