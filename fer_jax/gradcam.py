@@ -121,8 +121,9 @@ def feature_shape(model: nn.Module, variables: Any, layer: LayerPath,
 def gradcam_maps(model: nn.Module, variables: Any, x: jax.Array, classes: jax.Array,
                  layer: LayerPath) -> jax.Array:
     """Unnormalized Grad-CAM at the layer's resolution: ReLU(sum_k w_k A_k), with
-    w_k the spatial mean of d(class logit)/dA_k. x: normalized (N, 48, 48, 1);
-    classes: int (N,). Returns float32 (N, H, W), >= 0."""
+    w_k the spatial mean of d(class logit)/dA_k. x: normalized (N, S, S, 1) at the model's
+    input size (48, or the crop of a model trained on random crops); classes: int (N,).
+    Returns float32 (N, H, W), >= 0."""
     delta = jnp.zeros(feature_shape(model, variables, layer, x.shape), jnp.float32)
     grad_fn = jax.grad(functools.partial(_class_score_with_features, model, layer),
                        argnums=3, has_aux=True)

@@ -1,15 +1,21 @@
 """Figures that show what a model does: its confusion matrix, correct and wrong
 predictions per class, Grad-CAM heat maps (any model) and, for CBAM models, the
 spatial attention maps, each for sample faces and averaged over a class's faces.
+
+A model trained on random crops (augment.random_crop=C) is built for C x C faces and
+scores the centre window (fer_jax.inference.classifier): every figure shows, and every
+map is computed on, that centre C x C window of each face.
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
 import numpy as np
 from flax.traverse_util import flatten_dict
 
+from fer_jax.config import input_size
 from fer_jax.data.cache import load_fer_cached
 from fer_jax.data.types import CLASS_NAMES, NUM_CLASSES
 from fer_jax.errors import UserError
@@ -17,8 +23,24 @@ from fer_jax.gradcam import find_feature_layer, jitted_gradcam
 from fer_jax.inference.classifier import normalize_images
 from fer_jax.inference.loading import load_model
 from fer_jax.inference.scoring import select_split
+from fer_jax.inference.tta import crop_windows
 from fer_jax.metrics import confusion_matrix, summarize_confusion
 from fer_jax.plots import FaceCell, confusion_matrix_figure, face_grid_figure
+
+
+@dataclasses.dataclass(frozen=True)
+class Faces:
+    """The faces the figures show (uint8 (N, S, S): the model's input size) and their labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def model_view(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, 48, 48) faces as the model reads them: their centre SIZE x SIZE window."""
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.ascontiguousarray(crop_windows(images, size)[0])
 
 
 def training_data_path(meta: dict, step_dir: pathlib.Path) -> str:
@@ -62,12 +84,13 @@ def _batched(fn, arrays: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
 
 def gradcam_heatmaps(model, variables, norm: dict, images: np.ndarray, classes: np.ndarray,
                      batch_size: int = 64, layer: tuple[str, ...] | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """(N, 48, 48) Grad-CAM maps in [0, 1] for uint8 faces and classes, and the layer used
-    (`layer`, or find_feature_layer's default)."""
-    layer = layer or find_feature_layer(model, variables)
+    """(N, S, S) Grad-CAM maps in [0, 1] for uint8 (N, S, S) faces (S: the model's input
+    size) and classes, and the layer used (`layer`, or find_feature_layer's default)."""
+    size = images.shape[1]
+    layer = layer or find_feature_layer(model, variables, input_shape=(1, size, size, 1))
     if len(images) == 0:
         return np.zeros((0,) + images.shape[1:], np.float32), layer
-    fn = jitted_gradcam(model, layer)
+    fn = jitted_gradcam(model, layer, size)
     maps = _batched(lambda x, c: fn(variables, x, c),
                     (normalize_images(images, norm), classes.astype(np.int32)), batch_size)
     return maps, layer
@@ -102,7 +125,7 @@ def _natural_key(path: str):
     return [int(part) if part.isdigit() else part for part in path.replace("_", "/").split("/")]
 
 
-def upsample(maps: np.ndarray, size: int = 48) -> np.ndarray:
+def upsample(maps: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(jax.image.resize(maps, (len(maps), size, size), method="bilinear"))
 
 
@@ -225,7 +248,7 @@ def attention_figures(attention: list[tuple[str, np.ndarray]], data, probs, samp
                         caption_color=_color(data.labels[i], predictions[i]))]
         for name, maps in attention:
             m = maps[k]
-            row.append(FaceCell(data.images[i], upsample(min_max(m)[None])[0],
+            row.append(FaceCell(data.images[i], upsample(min_max(m)[None], data.images.shape[1])[0],
                                 f"{m.shape[0]}x{m.shape[1]}: {m.min():.2f}-{m.max():.2f}"))
         grid.append(row)
     names = [name for name, _ in attention]
@@ -240,7 +263,8 @@ def attention_figures(attention: list[tuple[str, np.ndarray]], data, probs, samp
             if mean_map is None:
                 row.append(None)
                 continue
-            row.append(FaceCell(data.images[rows].mean(axis=0), upsample(min_max(mean_map)[None])[0],
+            row.append(FaceCell(data.images[rows].mean(axis=0),
+                                upsample(min_max(mean_map)[None], data.images.shape[1])[0],
                                 f"n={len(rows)}: {mean_map.min():.2f}-{mean_map.max():.2f}"))
         mean_grid.append(row)
     means = face_grid_figure(
@@ -257,8 +281,9 @@ def write_model_figures(checkpoint, data_path, split: str, out, per_class: int, 
     """Writes the figures; returns their paths and the lines to tell the user."""
     restored = load_model(checkpoint)
     config, model, variables, norm, step_dir, meta = restored
+    size = input_size(config)
     # Resolved before any data is read or figure written: a wrong --layer fails at once.
-    layer = find_feature_layer(model, variables, layer_name)
+    layer = find_feature_layer(model, variables, layer_name, input_shape=(1, size, size, 1))
     notes = [f"checkpoint: {step_dir}"]
     if data_path is None:
         data_path = training_data_path(meta, step_dir)
@@ -266,7 +291,10 @@ def write_model_figures(checkpoint, data_path, split: str, out, per_class: int, 
     trained_on = (meta.get("data") or {}).get("fingerprint")
     if trained_on and loaded.fingerprint != trained_on:
         notes.append(f"note: {data_path} is not the file the model was trained on")
-    data = select_split(loaded, split)
+    split_rows = select_split(loaded, split)
+    data = Faces(model_view(split_rows.images, size), split_rows.labels)
+    if size != split_rows.images.shape[1]:
+        notes.append(f"the model reads the centre {size}x{size} window of each face: the figures show that window")
     name = (meta.get("config") or {}).get("experiment") or config.model
     out = pathlib.Path(out) if out else pathlib.Path("reports") / "visualize" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +303,7 @@ def write_model_figures(checkpoint, data_path, split: str, out, per_class: int, 
     predictions = probs.argmax(-1)
     confusion = confusion_matrix(data.labels, predictions)
     summary = summarize_confusion(confusion)
-    notes += [f"data: {len(data)} {split} rows of {data.source}",
+    notes += [f"data: {len(data.labels)} {split} rows of {split_rows.source}",
               f"accuracy: {summary['accuracy']:.4f}  macro_f1: {summary['macro_f1']:.4f}"]
 
     rng = np.random.default_rng(seed)

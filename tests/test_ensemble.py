@@ -8,10 +8,17 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import write_kaggle_csv
 from fer_jax.cli import ensemble as ensemble_cli
 from fer_jax.cli import evaluate
+from fer_jax.config import base_config, load_experiment
 from fer_jax.data.cache import load_fer_cached
+from fer_jax.data.source import prepare_data
+from fer_jax.data.splits import make_splits
+from fer_jax.engine import ensemble_training
 from fer_jax.engine.checkpoint import resolve_checkpoint
+from fer_jax.engine.run_options import RunOptions
+from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError, run_cli
 from fer_jax.inference import ensemble, ensemble_file, ensemble_selection
 from fer_jax.inference.scoring import score
@@ -252,10 +259,6 @@ def test_without_checkpoints_the_released_pair_is_scored(fer_sample_path, capsys
 # --- choosing on held-out Training rows ----------------------------------------------
 
 def _stratified_run(tmp_path_factory, data_path, name: str, model: str, model_kwargs: dict, seed: int):
-    from fer_jax.config import load_experiment
-    from fer_jax.data.source import prepare_data
-    from fer_jax.engine.run_options import RunOptions
-    from fer_jax.engine.trainer import train_and_evaluate
 
     workdir = tmp_path_factory.getbasetemp() / f"fer_jax_stratified_{name}"
     if not (workdir / "summary.json").exists():
@@ -279,7 +282,6 @@ def stratified_runs(tmp_path_factory, fer_sample_path):
 
 
 def _with_shuffled_public_labels(source: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
-    from conftest import write_kaggle_csv
     data = load_fer_cached(source)
     labels = data.labels.copy()
     public = np.flatnonzero(data.usage == "PublicTest")
@@ -305,7 +307,6 @@ def test_selection_on_held_out_rows_never_reads_public_test_labels(stratified_ru
     for key in ("members", "weights", "accuracy", "macro_f1", "rows"):
         assert real[key] == shuffled_report[key]
     assert reports["real"]["subsets"] == reports["shuffled"]["subsets"]
-    from fer_jax.data.splits import make_splits
     assert real["rows"] == len(make_splits(load_fer_cached(fer_sample_path), "stratified").validation)
     assert reports["real"]["weights"] == real["weights"]
     # ... while the report on PublicTest does read the (shuffled) labels.
@@ -366,7 +367,6 @@ def test_selection_refuses_members_that_trained_on_every_training_row(simple_run
 
 
 def test_the_held_out_slice_is_the_members_validation_split(stratified_runs, fer_sample_path):
-    from fer_jax.data.splits import make_splits
     data = load_fer_cached(fer_sample_path)
     member = ensemble.load_member(stratified_runs[0])
     held = ensemble_selection.held_out_slice(data, [member.info])
@@ -377,8 +377,6 @@ def test_the_held_out_slice_is_the_members_validation_split(stratified_runs, fer
 
 def test_an_ensemble_experiment_on_the_stratified_split_records_its_choice(stratified_runs, fer_sample_path,
                                                                            tmp_path, monkeypatch):
-    from fer_jax.config import base_config
-    from fer_jax.engine import ensemble_training
 
     def stratified(*_):
         config = base_config()

@@ -7,8 +7,15 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
+
+from fer_jax.config import load_experiment
+from fer_jax.data.source import prepare_data
+from fer_jax.engine.run_options import RunOptions
+from fer_jax.engine.trainer import train_and_evaluate
+from fer_jax.inference.loading import load_model
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -98,3 +105,45 @@ def test_a_release_with_its_onnx_file_predicts_without_importing_jax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=pathlib.Path(__file__).resolve().parents[1]).stdout.split()
     assert out == ["onnx", "1", "False", "False", "False"]
+
+
+@pytest.fixture(scope="module")
+def crop_run(tmp_path_factory, fer_sample_path):
+    """A tiny model trained two steps on random 40x40 crops (built for 40x40 input)."""
+    workdir = tmp_path_factory.getbasetemp() / "fer_jax_tiny_crop40"
+    if not (workdir / "summary.json").exists():
+        config = load_experiment("simple_cnn_v1")
+        config.max_train_steps, config.batch_size = 2, 32
+        config.model_kwargs = ml_collections.ConfigDict({"widths": (8, 16), "dense_width": 32})
+        config.augment.random_crop = 40
+        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(fer_sample_path)),
+                           options=RunOptions(wandb_mode="disabled", progress=False))
+    return workdir
+
+
+def test_a_crop_trained_model_exports_48x48_input_cut_to_its_centre_window(crop_run):
+    """The graph takes the same uint8 (N, 48, 48) faces as every export and reads their
+    centre 40x40 window, as the JAX classifier does."""
+    loaded = load_model(crop_run)
+    assert loaded.config.augment.random_crop == 40
+    model = export_onnx(loaded)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 48, 48]
+    assert "centre 40x40 window" in model.doc_string
+    faces = np.random.default_rng(3).integers(0, 256, (37, 48, 48), dtype=np.uint8)
+    expected = loaded.classifier(16).probabilities(faces)
+    got = OnnxClassifier(model.SerializeToString()).probabilities(faces)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Only the centre window counts: changing the border changes nothing.
+    bordered = faces.copy()
+    bordered[:, :4], bordered[:, :, -4:] = 0, 255
+    np.testing.assert_allclose(OnnxClassifier(model.SerializeToString()).probabilities(bordered), got, atol=1e-6)
+
+
+def test_the_converter_translates_static_slices():
+    def fn(x):
+        return jax.lax.slice(x, (0, 2, 1), (x.shape[0], 7, 8), (1, 2, 1)).astype(jnp.float32) * 2.0
+
+    model = to_onnx(fn, jax.ShapeDtypeStruct((1, 9, 8), jnp.uint8))
+    x = np.random.default_rng(0).integers(0, 256, (3, 9, 8), dtype=np.uint8)
+    np.testing.assert_allclose(run(model, x), np.asarray(fn(x)))

@@ -7,11 +7,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import matplotlib.image
+import ml_collections
 import numpy as np
 import pytest
 
 from fer_jax import model_figures as visualize
 from fer_jax.cli import visualize as visualize_cli
+from fer_jax.config import load_experiment
+from fer_jax.data.cache import load_fer_cached
+from fer_jax.data.source import prepare_data
+from fer_jax.engine.run_options import RunOptions
+from fer_jax.engine.trainer import train_and_evaluate
+from fer_jax.inference.loading import load_model
+from fer_jax.inference.scoring import evaluate_checkpoint
 from fer_jax.errors import UserError, run_cli
 from fer_jax.gradcam import find_feature_layer, gradcam, jitted_gradcam
 from fer_jax.models import get_model
@@ -244,3 +252,44 @@ def test_spatial_attention_gives_each_cbam_stage_and_nothing_for_other_models():
         assert 0.0 < a.min() and a.max() < 1.0  # sigmoid outputs
     plain = get_model("simple_cnn_v1", widths=(4, 4), dense_width=8)
     assert visualize.spatial_attention(plain, random_variables(plain), norm, images) == []
+
+
+# --- a model trained on random crops ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crop_cbam_run(tmp_path_factory, fer_sample_path):
+    """A tiny CBAM model trained two steps on random 40x40 crops (built for 40x40 input)."""
+    workdir = tmp_path_factory.getbasetemp() / "fer_jax_tiny_cbam_crop40"
+    if not (workdir / "summary.json").exists():
+        config = load_experiment("cbam")
+        config.max_train_steps, config.batch_size = 2, 32
+        config.model_kwargs = ml_collections.ConfigDict({"widths": (8, 16, 16), "dense_width": 32})
+        config.augment.random_crop = 40
+        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(fer_sample_path)),
+                           options=RunOptions(wandb_mode="disabled", progress=False))
+    return workdir
+
+
+def test_figures_of_a_crop_trained_model_are_drawn_on_the_centre_window(crop_cbam_run, fer_sample_path,
+                                                                        tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert visualize_cli.main(["--checkpoint", str(crop_cbam_run), "--data", str(fer_sample_path),
+                               "--out", str(out), "--per-class", "1", "--mean-count", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "the model reads the centre 40x40 window of each face" in printed
+    for name in ALL_FIGURES:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    # The accuracy the figures report is the classifier's, which scores the centre window.
+    public = load_fer_cached(fer_sample_path).split("PublicTest")
+    expected = evaluate_checkpoint(crop_cbam_run, public).summary["accuracy"]
+    assert f"accuracy: {expected:.4f}" in printed
+
+    loaded = load_model(crop_cbam_run)
+    faces = public.images[:6]
+    window = visualize.model_view(faces, 40)
+    np.testing.assert_array_equal(window, faces[:, 4:44, 4:44])
+    maps, layer = visualize.gradcam_heatmaps(loaded.model, loaded.variables, loaded.normalization, window,
+                                             public.labels[:6])
+    assert maps.shape == (6, 40, 40) and 0.0 <= maps.min() and maps.max() <= 1.0
+    attention = visualize.spatial_attention(loaded.model, loaded.variables, loaded.normalization, window)
+    assert [maps.shape[1] for _, maps in attention] == [40, 20, 10]

@@ -104,6 +104,21 @@ def _dot_general(graph: _Graph, eqn, lhs: str, rhs: str) -> str:
     return graph.node("MatMul", [lhs, rhs])
 
 
+def _slice(graph: _Graph, eqn, x: str) -> str:
+    """lax.slice (static starts, limits, strides) as ONNX Slice; the batch axis is never cut."""
+    p = eqn.params
+    shape = eqn.invars[0].aval.shape
+    strides = p["strides"] or (1,) * len(shape)
+    axes = [axis for axis, (start, limit, size) in enumerate(zip(p["start_indices"], p["limit_indices"], shape))
+            if start != 0 or limit != size or strides[axis] != 1]
+    if any(_is_symbolic(shape[a]) for a in axes):
+        raise UnsupportedPrimitive("slice along the symbolic batch axis")
+    return graph.node("Slice", [x, graph.constant(np.array([p["start_indices"][a] for a in axes], np.int64), "starts"),
+                                graph.constant(np.array([p["limit_indices"][a] for a in axes], np.int64), "ends"),
+                                graph.constant(np.array(axes, np.int64), "axes"),
+                                graph.constant(np.array([strides[a] for a in axes], np.int64), "steps")])
+
+
 def _emit(graph: _Graph, eqn) -> list[str]:
     """ONNX names of the outputs of one jaxpr equation."""
     name = eqn.primitive.name
@@ -137,6 +152,8 @@ def _emit(graph: _Graph, eqn) -> list[str]:
     if name == "squeeze":
         axes = graph.constant(np.array(eqn.params["dimensions"], np.int64), "axes")
         return [graph.node("Squeeze", [inputs[0], axes])]
+    if name == "slice":
+        return [_slice(graph, eqn, inputs[0])]
     if name == "conv_general_dilated":
         return [_conv(graph, eqn, *inputs)]
     if name == "dot_general":
