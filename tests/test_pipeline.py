@@ -11,6 +11,7 @@ from fer_jax.data.pipeline import (class_weights, epoch_order, eval_batches, nor
                                    num_eval_batches, sampling_weights, steps_per_epoch,
                                    train_batches)
 from fer_jax.errors import UserError
+from fer_jax.inference.classifier import normalize_images
 
 # FER2013 Training class counts (angry ... neutral).
 FER_COUNTS = np.array([3995, 436, 4097, 7215, 4830, 3171, 4965])
@@ -190,6 +191,23 @@ def test_eval_covers_every_example_once_in_order():
     np.testing.assert_allclose(got[mask], normalized(images), atol=1e-5)
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], labels)
     assert np.all(got[~mask] == 0)
+
+
+def test_training_validation_and_inference_normalize_to_the_same_bits():
+    """The trained model sees the same float32 inputs in every path: the training stream
+    (without augmentation), the per-epoch validation batches and inference."""
+    images, labels = make_data(n=64)
+    # Every pixel value, and statistics like FER2013's (x / 255 and x * float32(1 / 255)
+    # differ in the last bit for some values).
+    images[0] = np.arange(48 * 48).reshape(48, 48) % 256
+    norm = normalization_stats(images)
+    expected = normalize_images(images, norm)
+    (validation,) = eval_batches(images, labels, global_batch_size=64, norm=norm)
+    np.testing.assert_array_equal(validation["image"], expected)
+    (training,) = train_list(images, labels, global_batch_size=64, augment=AugmentConfig.none(),
+                             norm=norm)
+    rows = epoch_order(labels, seed=7, epoch=0, balanced=False)
+    np.testing.assert_array_equal(training["image"], expected[rows])
 
 
 @pytest.mark.parametrize("process_count", [2, 4])

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from fer_jax.runtime import usable_cores
 from fer_jax.data.augment import AugmentConfig, augment_batch
+from fer_jax.data.normalization import standardize, to_unit_scale
 from fer_jax.data.types import IMAGE_SIZE, NUM_CLASSES
 from fer_jax.errors import UserError
 
@@ -253,10 +254,10 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: 
 
     def make_batch(epoch_offset: tf.Tensor, index: tf.Tensor, take: tf.Tensor) -> dict:
         key = tf.random.experimental.stateless_fold_in(tf.gather(epoch_keys, epoch_offset), index)
-        x = tf.cast(tf.gather(all_images, take), tf.float32)[..., None] * (1.0 / 255.0)
+        x = to_unit_scale(tf.cast(tf.gather(all_images, take), tf.float32)[..., None])
         x = augment_batch(x, key, augment, erase_value=mean, global_batch_size=global_batch_size,
                           row_offset=lo)
-        return {"image": (x - mean) / std, "label": tf.gather(all_labels, take)}
+        return {"image": standardize(x, mean, std), "label": tf.gather(all_labels, take)}
 
     parallel = usable_cores() if num_parallel_calls is None else num_parallel_calls
     dataset = (tf.data.Dataset.from_tensor_slices((flat_index // steps, flat_index % steps, rows))
@@ -287,8 +288,8 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, *, global_batch_size: i
             image = np.zeros((hi - lo, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
             label = np.zeros((hi - lo,), np.int32)
             mask = np.zeros((hi - lo,), bool)
-            image[:real, ..., 0] = (images[first:last].astype(np.float32) * np.float32(1 / 255)
-                                    - np.float32(mean)) / np.float32(std)
+            image[:real, ..., 0] = standardize(to_unit_scale(images[first:last].astype(np.float32)),
+                                               mean, std)
             label[:real] = labels[first:last]
             mask[:real] = True
             yield {"image": image, "label": label, "mask": mask}

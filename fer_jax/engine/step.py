@@ -18,6 +18,7 @@ from fer_jax.config import EVAL_TTA_MODES, input_size
 from fer_jax.data.types import NUM_CLASSES
 from fer_jax.errors import UserError
 from fer_jax.engine.parallel import DATA_AXIS
+from fer_jax.inference.tta import tta_views
 
 
 @flax.struct.dataclass
@@ -118,12 +119,6 @@ def ema_update(ema: Any, variables: dict, step: jax.Array, decay: float) -> Any:
     return jax.tree.map(lambda e, v: (rate * e + (1 - rate) * v).astype(e.dtype), ema, variables)
 
 
-def center_crop(images: jax.Array, size: int) -> jax.Array:
-    """The centre SIZE x SIZE window of (N, H, W, C) images (as they are when already SIZE)."""
-    top, left = (images.shape[1] - size) // 2, (images.shape[2] - size) // 2
-    return images[:, top:top + size, left:left + size, :]
-
-
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Callable,
                tx: optax.GradientTransformation, class_weights: jax.Array | None,
                label_smoothing: float, learning_rate_fn: Callable | None = None,
@@ -187,19 +182,19 @@ def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable, tta: str = 
 
     The faces are cut to their centre IMAGE_SIZE window (a model trained on random crops).
     tta="flip" scores each face by the mean of its and its mirror image's class
-    probabilities; the loss is then the cross-entropy of that mean. (This is the in-jit
-    twin of fer_jax.inference.tta's flip, kept here so validation stays one jitted step.)
+    probabilities; the loss is then the cross-entropy of that mean. The views are
+    fer_jax.inference.tta's, made inside the jitted step.
     """
-    images = center_crop(batch["image"], image_size)
-    variables = state.eval_variables
-    logits = apply_fn(variables, images, train=False)
-    if tta == "flip":
-        mirrored = apply_fn(variables, images[:, :, ::-1, :], train=False)
+    views = tta_views(batch["image"], tta, crop=image_size)
+    logits = [apply_fn(state.eval_variables, view, train=False) for view in views]
+    if len(logits) == 1:
+        logits = logits[0]
+    else:
         # The log of the mean probability, taken in log space so that a probability that
         # underflows in one view cannot make the loss infinite: logits whose softmax is
         # the mean itself.
-        views = jnp.stack([jax.nn.log_softmax(logits), jax.nn.log_softmax(mirrored)])
-        logits = jax.nn.logsumexp(views, axis=0) - jnp.log(2.0)
+        log_probabilities = jnp.stack([jax.nn.log_softmax(view) for view in logits])
+        logits = jax.nn.logsumexp(log_probabilities, axis=0) - jnp.log(float(len(views)))
     labels = batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     ce = cross_entropy(logits, labels, 0.0)

@@ -5,13 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax.data.normalization import normalize_images
 from fer_jax.data.types import NUM_CLASSES
-
-
-def normalize_images(images: np.ndarray, norm: dict) -> np.ndarray:
-    """uint8 (N,48,48) to float32 (N,48,48,1), exactly as the training pipeline does."""
-    x = images.astype(np.float32) / 255.0
-    return ((x - norm["mean"]) / norm["std"])[..., None].astype(np.float32)
+from fer_jax.inference.tta import center_window
 
 
 class Classifier:
@@ -43,7 +39,6 @@ class Classifier:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, 7) for uint8 (N, 48, 48) faces (or faces of the crop size)."""
-        if self.crop and images.shape[1:3] != (self.crop, self.crop):
-            top, left = (images.shape[1] - self.crop) // 2, (images.shape[2] - self.crop) // 2
-            images = images[:, top:top + self.crop, left:left + self.crop]
+        if self.crop:
+            images = center_window(images, self.crop)
         return self.probabilities_of_normalized(normalize_images(images, self.norm))

@@ -10,6 +10,10 @@
 A model trained on random crops (augment.random_crop, the classifier's `crop`) sees
 crop-sized views: none and flip take the centre window, flip_crops the classic
 ten-crop: the four corner windows and the centre one, each with its mirror image.
+
+The views of none and flip (and the centre window) are slices of the array, so the same
+functions make them for numpy faces and inside the jitted validation step
+(fer_jax.engine.step), on (N, H, W) or (N, H, W, C) arrays alike.
 """
 from __future__ import annotations
 
@@ -38,30 +42,40 @@ def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return padded[:, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
 
 
+def center_window(images, size: int):
+    """The centre SIZE x SIZE window of (N, H, W[, C]) images (themselves when already SIZE)."""
+    top, left = (images.shape[1] - size) // 2, (images.shape[2] - size) // 2
+    return images[:, top:top + size, left:left + size]
+
+
+def mirrored(images):
+    """(N, H, W[, C]) images mirrored left to right."""
+    return images[:, :, ::-1]
+
+
 def crop_windows(images: np.ndarray, size: int) -> list[np.ndarray]:
     """The centre and the four corner SIZE x SIZE windows of (N, H, W) images."""
     h, w = images.shape[1:3]
-    origins = [((h - size) // 2, (w - size) // 2), (0, 0), (0, w - size), (h - size, 0),
-               (h - size, w - size)]
-    return [images[:, y:y + size, x:x + size] for y, x in origins]
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
+    return [center_window(images, size)] + [images[:, y:y + size, x:x + size] for y, x in corners]
 
 
-def tta_views(images: np.ndarray, tta: str, crop: int = 0) -> list[np.ndarray]:
-    """The views of uint8 (N, 48, 48) faces that a TTA mode averages over; CROP > 0: views
-    of that size for a model trained on crops."""
+def tta_views(images, tta: str, crop: int = 0) -> list:
+    """The views of (N, 48, 48[, C]) faces that a TTA mode averages over; CROP > 0: views
+    of that size for a model trained on crops. none and flip also take JAX arrays (inside
+    jit); flip_crops pads with numpy."""
     check_tta(tta)
     if crop:
-        windows = crop_windows(images, crop)
         if tta == "flip_crops":
-            return windows + [w[:, :, ::-1] for w in windows]
-        images = windows[0]
+            windows = crop_windows(images, crop)
+            return windows + [mirrored(w) for w in windows]
+        images = center_window(images, crop)
     if tta == "none":
         return [images]
-    mirrored = images[:, :, ::-1]
     if tta == "flip":
-        return [images, mirrored]
+        return [images, mirrored(images)]
     offsets = [(0, 0)] + [(dy, dx) for dy in (-CROP_SHIFT, CROP_SHIFT) for dx in (-CROP_SHIFT, CROP_SHIFT)]
-    return [shifted(base, dy, dx) for base in (images, mirrored) for dy, dx in offsets]
+    return [shifted(base, dy, dx) for base in (images, mirrored(images)) for dy, dx in offsets]
 
 
 def probabilities_with_tta(classifier, images: np.ndarray, tta: str) -> np.ndarray:
