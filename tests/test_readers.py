@@ -181,6 +181,21 @@ def test_folder_fingerprint_depends_on_content_not_location(three_splits, tmp_pa
     assert read_fer(tmp_path / "b").fingerprint != first.fingerprint
 
 
+def test_folder_fingerprint_is_every_entrys_path_and_sha256(three_splits, tmp_path):
+    """The fingerprint checkpoints and the cache store: sha256 over the sorted relative
+    paths, each with its file's sha256, skipped entries included (their bytes count too)."""
+    root = write_image_folder(three_splits, tmp_path / "fer")
+    (root / "test" / "happy" / "notes.txt").write_text("hello")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0"
+                      + hashlib.sha256(path.read_bytes()).digest())
+    fingerprint = read_fer(root, skip_bad_rows=True).fingerprint
+    assert fingerprint == digest.hexdigest()
+    (root / "test" / "happy" / "notes.txt").write_text("hello again")
+    assert read_fer(root, skip_bad_rows=True).fingerprint != fingerprint
+
+
 def test_blank_lines_crlf_and_bom(tmp_path):
     lines = small_csv_lines(4)
     text = "\r\n".join(lines[:3] + ["", ""] + lines[3:]) + "\r\n\r\n\n"

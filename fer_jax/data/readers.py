@@ -76,13 +76,15 @@ def read_fer_with_report(path: str | os.PathLike,
     return _read_csv_file(path, skip_bad_rows)
 
 
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 hex of a file's bytes (as stored: a gzip file is hashed compressed)."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike) -> bytes:
+    """sha256 of a file's bytes, read in blocks (as stored: a gzip file is hashed compressed)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """A data file's identity in the parsed cache and in checkpoints: file_digest in hex."""
+    return file_digest(path).hex()
 
 
 def find_folder_root(path: pathlib.Path) -> pathlib.Path | None:
@@ -375,6 +377,7 @@ def _read_image_folder(path: pathlib.Path, root: pathlib.Path,
             bad_rows.append(BadRow(str(item.path), None, reason))
             continue
         raw = _read_bytes(item.path)
+        # The bytes are in memory for decoding: hashed there, the same digest as file_digest's.
         digests[_relative(root, item.path)] = hashlib.sha256(raw).digest()
         try:
             images.append(decode_image(raw))
@@ -406,8 +409,9 @@ def _file_size(path: pathlib.Path) -> int:
 
 
 def _digest_or_empty(path: pathlib.Path) -> bytes:
+    """file_digest, or nothing for an entry that cannot be read (it is reported as bad)."""
     try:
-        return bytes.fromhex(file_fingerprint(path))
+        return file_digest(path)
     except OSError:
         return b""
 
