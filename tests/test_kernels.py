@@ -23,6 +23,7 @@ from fer_jax.errors import UserError
 from fer_jax.kernels import build
 from fer_jax.kernels.conv import OnednnConvGeneralDilated
 from fer_jax.models import STUDY_MODEL_NAMES, get_model
+from fer_jax.models.layers import max_pool2
 
 DN = ("NHWC", "HWIO", "NHWC")
 # float32: max error over the output's max magnitude (oneDNN and XLA sum in other orders).
@@ -336,3 +337,44 @@ def test_a_model_lowers_its_convs_to_the_library():
     # Five of the six ConvBNReLU; the first (1 -> 32) and CBAM's 2 -> 1 ones stay on XLA.
     assert hlo.count("fer_onednn_conv_forward") == 5
     assert hlo.count("stablehlo.convolution") == 1 + 3
+
+
+def _reshape_max_pool2(x):
+    """A 2x2 max-pool as a reshape and a max, differentiated by JAX."""
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (1, 7, 5, 3), (5, 6, 9, 2)])
+def test_max_pool2_matches_a_reshape_max_in_values_and_gradients(dtype, shape):
+    # Integers below 256 (exact in bfloat16), distinct within every window: no ties, where
+    # the two gradients differ by design.
+    b, h, w, c = shape
+    rng = np.random.default_rng(0)
+    base = 4 * rng.integers(0, 64, (b, h // 2 + 1, 1, w // 2 + 1, 1, c))
+    order = np.argsort(rng.random((b, h // 2 + 1, w // 2 + 1, c, 4)), axis=-1)
+    windows = base + order.reshape(b, h // 2 + 1, w // 2 + 1, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    x = jnp.asarray(windows.reshape(b, h + 2 - h % 2, w + 2 - w % 2, c)[:, :h, :w], dtype)
+    y, vjp = jax.vjp(max_pool2, x)
+    want_y, want_vjp = jax.vjp(_reshape_max_pool2, x)
+    dy = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), dtype)
+    (dx,), (want_dx,) = jax.jit(vjp)(dy), want_vjp(dy)
+    assert y.dtype == dx.dtype == jnp.dtype(dtype) and dx.shape == x.shape
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(want_y, np.float32))
+    np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(want_dx, np.float32))
+
+
+def test_max_pool2_gives_a_tied_windows_gradient_to_its_first_maximum():
+    x = jnp.array([[0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 3.0, 3.0]]).reshape(1, 2, 4, 1)
+    dx = jax.grad(lambda x: (max_pool2(x) * jnp.array([2.0, 5.0]).reshape(1, 1, 2, 1)).sum())(x)
+    np.testing.assert_array_equal(np.asarray(dx).reshape(2, 4),
+                                  [[2.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
+
+
+def test_max_pool2_gradient_has_no_select_and_scatter_or_reduction():
+    x = jnp.ones((2, 8, 8, 3))
+    text = jax.jit(jax.grad(lambda x: max_pool2(x).sum())).lower(x).as_text()
+    assert "select_and_scatter" not in text and "reduce_window" not in text
+    assert "divide" not in text  # the reshape-and-max's gradient divides by the tie count

@@ -58,18 +58,62 @@ class ConvBNReLU(nn.Module):
         return nn.relu(x)
 
 
+def _windows(x: jax.Array) -> jax.Array:
+    """X's 2x2 windows as (B, H // 2, 2, W // 2, 2, C) (an odd last row/column dropped)."""
+    b, h, w, c = x.shape
+    return x[:, : h - h % 2, : w - w % 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+def _corners(windows: jax.Array) -> tuple[jax.Array, ...]:
+    """Top-left, top-right, bottom-left, bottom-right of every window, (B, H/2, W/2, C)."""
+    return (windows[:, :, 0, :, 0], windows[:, :, 0, :, 1], windows[:, :, 1, :, 0],
+            windows[:, :, 1, :, 1])
+
+
+def _max4(corners: tuple[jax.Array, ...]) -> jax.Array:
+    a, b, c, d = corners
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+@jax.custom_vjp
 def max_pool2(x: jax.Array) -> jax.Array:
     """2x2 max-pool, stride 2 (halves height and width; an odd last row/column is dropped).
 
-    Written as a reshape and a max rather than nn.max_pool: XLA's CPU backend lowers the
-    latter's gradient to select-and-scatter, which measured 7x slower than the gradient of
-    this form (BUILD_NOTES.md, "Where the time goes"). Ties share the gradient equally
-    instead of giving it to one position; after a ReLU that only happens at zeros, where
-    the ReLU's own gradient is zero.
+    A reshape and a max with a gradient of its own, rather than nn.max_pool: XLA's CPU
+    backend lowers the latter's gradient to select-and-scatter (7x slower than a
+    reshape-and-max's), and the automatic gradient of a reshape-and-max counts ties with
+    a reduction and a division. Here each window's gradient goes to the first of its
+    maxima in row-major order, as PyTorch's max_pool2d gives it, in one elementwise pass
+    XLA fuses with its neighbours (2-3x faster than the automatic gradient;
+    docs/results/kernels.md). The forward pass is the plain reshape-and-max, so exported
+    ONNX graphs (fer_jax.onnx_model) do not change.
     """
-    b, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2, :]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return _windows(x).max(axis=(2, 4))
+
+
+def _max_pool2_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # The input is kept, not an index map: the backward pass recomputes the maxima in its
+    # own fused loop, and the input is alive anyway for the layer before the pool.
+    return max_pool2(x), x
+
+
+def _max_pool2_backward(x: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
+    a, b, c, d = corners = _corners(_windows(x))
+    top = _max4(corners)
+    # Which corner (0-3, row-major) takes the window's gradient: the first maximum; a
+    # window with a NaN takes none of a, b, c and so gives it to d.
+    first = jnp.where(a == top, 0, jnp.where(b == top, 1, jnp.where(c == top, 2, 3)))
+    position = (2 * jnp.arange(2)[:, None] + jnp.arange(2)[None, :]).reshape(1, 1, 2, 1, 2, 1)
+    dx = jnp.where(position == first.astype(jnp.int8)[:, :, None, :, None, :],
+                   dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
+    n, h, w, channels = x.shape
+    dx = dx.reshape(n, h - h % 2, w - w % 2, channels)
+    if h % 2 or w % 2:
+        dx = jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    return (dx.astype(x.dtype),)
+
+
+max_pool2.defvjp(_max_pool2_forward, _max_pool2_backward)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
