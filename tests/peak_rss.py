@@ -2,14 +2,32 @@
 
 python tests/peak_rss.py LIMIT_BYTES COMMAND...: prints one JSON line
 {"returncode": ..., "peak_rss": bytes} on stdout; the command's own output goes to stderr.
-A process of its own, so the peak is this command's alone, not the test runner's.
+A process of its own, so the peak is this command's alone, not the test runner's. The
+hostile-input tests call it through run_capped, and their own workers read own_peak_rss.
 """
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import resource
 import subprocess
 import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child process that imports fer_jax from this checkout."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
+def run_capped(limit: int, command: list[str], timeout: float = 600) -> tuple[dict, str]:
+    """COMMAND run by this script under LIMIT bytes of address space, from the checkout:
+    ({"returncode": ..., "peak_rss": bytes}, the command's standard error)."""
+    run = subprocess.run([sys.executable, __file__, str(limit), *command], capture_output=True,
+                         text=True, timeout=timeout, env=child_env(), cwd=REPO)
+    return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
 
 
 def own_peak_rss() -> int:

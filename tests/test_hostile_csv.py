@@ -7,12 +7,9 @@ blow up run in a child process under an address-space limit (tests/peak_rss.py).
 from __future__ import annotations
 
 import gzip
-import json
 import logging
-import os
 import pathlib
 import struct
-import subprocess
 import sys
 import zlib
 
@@ -20,12 +17,12 @@ import numpy as np
 import pytest
 
 from conftest import generated_fer_arrays
+from peak_rss import run_capped
 from fer_jax.data import csv_stream
 from fer_jax.data.readers import read_fer, read_fer_with_report
 from fer_jax.errors import DataError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PEAK = pathlib.Path(__file__).with_name("peak_rss.py")
 ADDRESS_SPACE_LIMIT = 3 << 30
 REFUSAL_RSS_LIMIT = 2_000_000_000
 GIB = 1 << 30
@@ -50,10 +47,7 @@ def _refusal(path) -> str:
 
 
 def _peak(command: list[str]) -> tuple[dict, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, str(PEAK), str(ADDRESS_SPACE_LIMIT), *command],
-                         capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+    return run_capped(ADDRESS_SPACE_LIMIT, command)
 
 
 def _read_in_child(path: pathlib.Path) -> tuple[dict, str]:

@@ -7,7 +7,6 @@ Reads that could crash or eat memory on a broken reader run in a child process
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import pickle
 import struct
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 import torch_craft as tc
+from peak_rss import child_env
 from fer_jax.errors import DataError
 from fer_jax.transfer.torch_file import read_state_dict
 
@@ -35,9 +35,8 @@ def _read_in_child(paths: list[pathlib.Path], tmp_path: pathlib.Path, timeout: f
     """One outcome per file ('ok', 'refused', 'crash' or 'died'), read in a memory-capped child."""
     listing = tmp_path / "files.txt"
     listing.write_text("\n".join(map(str, paths)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, str(WORKER), str(ADDRESS_SPACE_LIMIT), str(listing)],
-                         capture_output=True, text=True, timeout=timeout, env=env)
+                         capture_output=True, text=True, timeout=timeout, env=child_env())
     results, started = {}, None
     for line in run.stdout.splitlines():
         record = json.loads(line)
