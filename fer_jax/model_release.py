@@ -1,18 +1,21 @@
 """A released model from a run's best checkpoint: the step folder with only `variables`
 (params, batch_stats) and `meta` (config, normalization, data identity, history; no
 optimizer state), its PublicTest scores with and without test-time augmentation, the
-confusion matrix as a picture, and MODEL_CARD.md. `evaluate`, `visualize`, `predict` and
-`ExpressionPredictor()` use release/final when no checkpoint is given.
+confusion matrix as a picture, the model as `model.onnx` (checked against the Flax model)
+and MODEL_CARD.md. `evaluate`, `visualize`, `predict` and `ExpressionPredictor()` use
+release/final when no checkpoint is given.
 """
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import pathlib
 import platform
 import shutil
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fer_jax.checkout_packages import DEFAULT_RELEASE, release_root
@@ -22,7 +25,10 @@ from fer_jax.data.types import CLASS_NAMES, PUBLIC_TEST
 from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
 from fer_jax.errors import UserError
 from fer_jax.inference.ensemble import load_member
+from fer_jax.inference.loading import load_model
+from fer_jax.inference.onnx_check import CHECKED_FACES, check_onnx
 from fer_jax.inference.scoring import score, select_split
+from fer_jax.onnx_model.runtime import ONNX_FILE, onnxruntime_installed
 from fer_jax.plots import confusion_matrix_figure
 
 MAX_RELEASE_BYTES = 50 * 1024 * 1024
@@ -100,7 +106,8 @@ def _usage(name: str) -> list[str]:
 
 
 def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: dict, tta_mode: str,
-               data_source: str, source_checkpoint: str, first_stage: dict | None = None) -> str:
+               data_source: str, source_checkpoint: str, first_stage: dict | None = None,
+               onnx_section: str = "") -> str:
     config = meta["config"]
     history = meta.get("history") or []
     best = max(history, key=lambda h: h["val_accuracy"]) if history else {}
@@ -168,14 +175,105 @@ def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: 
         "## Files",
         f"{params:,} parameters; {size / 1e6:.1f} MB in all. `variables/` (Orbax: params and "
         "batch_stats), `meta/` (config, normalization, data identity, training history), "
-        f"`metrics.json`, `confusion_matrix.png`. Made from `{source_checkpoint}`.",
+        f"`metrics.json`, `confusion_matrix.png`{', `model.onnx`' if onnx_section else ''}. "
+        f"Made from `{source_checkpoint}`.",
+        "",
+        *([onnx_section] if onnx_section else []),
+    ])
+
+
+# ------------------------------------------------------------------------------- ONNX
+
+ONNX_HEADING = "## ONNX"
+# Config keys that do not change the network, so not its ONNX graph either.
+_LABELS = ("description", "run_description")
+
+
+def onnx_export_available() -> bool:
+    """Whether this Python can export and check an ONNX file (the `onnx` extra)."""
+    return importlib.util.find_spec("onnx") is not None and onnxruntime_installed()
+
+
+def onnx_section(size: int, digest: str, opset: int, check_summary: str, checked_on: str) -> str:
+    """The card's section on its model.onnx."""
+    return "\n".join([
+        ONNX_HEADING,
+        "",
+        f"`{ONNX_FILE}` ({size / 1e6:.1f} MB, sha256 `{digest}`): this model as one ONNX graph "
+        f"(opset {opset}), uint8 (N, 48, 48) grayscale faces framed as FER2013 in (input `faces`), "
+        f"float32 (N, 7) probabilities out (output `probabilities`, columns {', '.join(CLASS_NAMES)}); "
+        "the normalization and the softmax are inside. Written by `python -m fer_jax.release`, which "
+        f"checked it with onnxruntime against the Flax model on {checked_on}: {check_summary}.",
         "",
     ])
 
 
+def write_onnx_file(staging: pathlib.Path, faces: np.ndarray, checked_on: str) -> str:
+    """Exports the staged release to STAGING/model.onnx and checks it on FACES; returns the
+    card's section (UserError, and nothing written, when the file differs from the model)."""
+    from fer_jax.onnx_model.export import export_onnx, write_onnx  # the `onnx` extra
+    loaded = load_model(staging)
+    model = export_onnx(loaded)
+    check = check_onnx(loaded, model.SerializeToString(), faces)
+    if not check.passed:
+        raise UserError(f"the ONNX model differs from the Flax model ({check.summary()}): "
+                        "release not written")
+    digest = write_onnx(model, staging / ONNX_FILE)
+    return onnx_section((staging / ONNX_FILE).stat().st_size, digest, model.opset_import[0].version,
+                        check.summary(), checked_on)
+
+
+def _same_network(staging: pathlib.Path, previous: pathlib.Path) -> bool:
+    """Whether PREVIOUS (a release folder) holds the network STAGING holds: the same
+    weights, normalization and config but for its labels."""
+    try:
+        old_meta, new_meta = read_meta(previous), read_meta(staging)
+        old, new = restore_variables(previous), restore_variables(staging)
+    except (UserError, OSError, ValueError):
+        return False
+
+    def network(meta: dict) -> tuple:
+        config = {k: v for k, v in meta.get("config", {}).items() if k not in _LABELS}
+        return config, meta.get("normalization")
+
+    if network(old_meta) != network(new_meta):
+        return False
+    old_leaves, new_leaves = jax.tree.flatten(old), jax.tree.flatten(new)
+    return old_leaves[1] == new_leaves[1] and all(
+        np.array_equal(a, b) for a, b in zip(old_leaves[0], new_leaves[0]))
+
+
+def kept_onnx_file(staging: pathlib.Path, previous: pathlib.Path) -> str | None:
+    """Copies PREVIOUS's model.onnx into STAGING and returns its card's section, when the
+    network did not change; else None."""
+    card = previous / "MODEL_CARD.md"
+    if not (previous / ONNX_FILE).is_file() or not card.is_file():
+        return None
+    text = card.read_text()
+    if ONNX_HEADING not in text or not _same_network(staging, previous):
+        return None
+    section = ONNX_HEADING + text.split(ONNX_HEADING, 1)[1].split("\n## ", 1)[0].rstrip("\n") + "\n"
+    shutil.copy2(previous / ONNX_FILE, staging / ONNX_FILE)
+    return section
+
+
+def release_onnx(staging: pathlib.Path, previous: pathlib.Path, faces: np.ndarray,
+                 checked_on: str) -> str:
+    """STAGING/model.onnx and its card section: exported and checked where the `onnx` extra
+    is installed, else the previous release's file when its network is the same."""
+    if onnx_export_available():
+        return write_onnx_file(staging, faces, checked_on)
+    kept = kept_onnx_file(staging, previous)
+    if kept is None:
+        raise UserError("a release ships model.onnx, and exporting it needs the onnx extra: "
+                        "pip install 'fer_jax[onnx]'")
+    return kept
+
+
 def make_release(checkpoint, data_path, *, name: str = DEFAULT_RELEASE, tta: str = "flip_crops",
                  out: str | pathlib.Path | None = None, description: str | None = None) -> dict:
-    """Writes OUT/NAME (default release/NAME); returns its metrics.
+    """Writes OUT/NAME (default release/NAME); returns its metrics. The release is made
+    beside it and replaces it only once complete.
 
     `description` replaces the run's one-line label, for runs whose --set overrides made
     them something other than their experiment's description says; the run's own label
@@ -189,11 +287,31 @@ def make_release(checkpoint, data_path, *, name: str = DEFAULT_RELEASE, tta: str
     if trained_on and trained_on != loaded.fingerprint and not meta.get("synthetic"):
         raise UserError(f"{data_path} is not the data set this model was trained on; "
                         "pass the file it was trained with")
-    data = select_split(loaded, PUBLIC_TEST)
     target = pathlib.Path(out) / name if out else release_root() / name
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        metrics = _write_release(staging, target, step_dir, meta, loaded, str(data_path), name=name,
+                                 tta=tta, description=description)
+        size = folder_bytes(staging)
+        if size > MAX_RELEASE_BYTES:
+            raise UserError(f"the release would take {size / 1e6:.1f} MB, over the "
+                            f"{MAX_RELEASE_BYTES / 1e6:.0f} MB limit")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    metrics["path"], metrics["bytes"] = str(target), size
+    return metrics
+
+
+def _write_release(staging: pathlib.Path, target: pathlib.Path, step_dir: pathlib.Path, meta: dict,
+                   loaded, data_path: str, *, name: str, tta: str, description: str | None) -> dict:
+    """Writes the release of STEP_DIR into STAGING (TARGET: the release it replaces, whose
+    model.onnx is kept where it cannot be exported and the network is the same)."""
+    data = select_split(loaded, PUBLIC_TEST)
     variables = restore_variables(step_dir)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save((staging / "variables").absolute(), variables)
@@ -209,20 +327,15 @@ def make_release(checkpoint, data_path, *, name: str = DEFAULT_RELEASE, tta: str
     confusion_matrix_figure(with_tta["confusion_matrix"], staging / "confusion_matrix.png",
                             title=f"{name} ({meta['config']['model']}) on PublicTest, TTA {tta}: "
                                   f"{with_tta['accuracy']:.1%}")
-    metrics = {"name": name, "source_checkpoint": str(step_dir), "data": str(data_path),
+    metrics = {"name": name, "source_checkpoint": str(step_dir), "data": data_path,
                "data_fingerprint": loaded.fingerprint, "split": "PublicTest", "parameters": params,
                "no_tta": plain, "tta": {"mode": tta, **with_tta}}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    size = folder_bytes(staging)
+    data_name = pathlib.Path(data_path).name
+    onnx = release_onnx(staging, target, data.images[:CHECKED_FACES],
+                        f"the first {min(len(data), CHECKED_FACES)} PublicTest faces of {data_name}")
+    # The card gives the folder's size with the card itself left out.
     (staging / "MODEL_CARD.md").write_text(
-        model_card(name, kept, params, size, plain, with_tta, tta, pathlib.Path(str(data_path)).name,
-                   str(step_dir), stage_one(kept["config"])))
-    size = folder_bytes(staging)
-    if size > MAX_RELEASE_BYTES:
-        shutil.rmtree(staging)
-        raise UserError(f"the release would take {size / 1e6:.1f} MB, over the "
-                        f"{MAX_RELEASE_BYTES / 1e6:.0f} MB limit")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    metrics["path"], metrics["bytes"] = str(target), size
+        model_card(name, kept, params, folder_bytes(staging), plain, with_tta, tta, data_name,
+                   str(step_dir), stage_one(kept["config"]), onnx))
     return metrics

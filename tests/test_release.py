@@ -1,7 +1,10 @@
 """python -m fer_jax.release: a checkpoint without optimizer state, its scores and model card; the default model."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from fer_jax.engine.checkpoint import resolve_checkpoint
 from fer_jax.errors import UserError
 from fer_jax.inference.ensemble import member_probabilities
 from fer_jax.inference.loading import load_model
+from fer_jax.onnx_model.runtime import OnnxClassifier
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def released(simple_run, fer_sample_path, tmp_path_factory):
 def test_release_holds_variables_and_meta_only(released):
     path, metrics = released
     assert sorted(p.name for p in path.iterdir()) == [
-        "MODEL_CARD.md", "confusion_matrix.png", "meta", "metrics.json", "variables"]
+        "MODEL_CARD.md", "confusion_matrix.png", "meta", "metrics.json", "model.onnx", "variables"]
     assert metrics["bytes"] < release.MAX_RELEASE_BYTES
     _, _, _, norm, step_dir, meta = load_model(path)
     assert step_dir == path and set(norm) == {"mean", "std"}
@@ -54,6 +58,43 @@ def test_model_card_reports_the_measured_scores(released, simple_run, fer_sample
     assert capsys.readouterr().out.startswith(f"accuracy: {metrics['tta']['accuracy']:.4f}")
     saved = json.loads((path / "metrics.json").read_text())
     assert saved["tta"]["mode"] == "flip" and saved["split"] == "PublicTest"
+
+
+def test_the_release_ships_its_onnx_file_with_its_card_section(released, fer_sample_path):
+    """model.onnx computes the released model's probabilities; the card names its sha256."""
+    path, _ = released
+    card = (path / "MODEL_CARD.md").read_text()
+    section = card.split("## ONNX", 1)[1]
+    digest = re.search(r"`model.onnx` \([0-9.]+ MB, sha256 `([0-9a-f]{64})`\)", section).group(1)
+    assert hashlib.sha256((path / "model.onnx").read_bytes()).hexdigest() == digest
+    assert "argmax the same on" in section and "`model.onnx`." in card.split("## Files", 1)[1]
+    images = load_fer_cached(fer_sample_path).split("PublicTest").images[:32]
+    np.testing.assert_allclose(OnnxClassifier(path / "model.onnx").probabilities(images),
+                               load_model(path).classifier(32).probabilities(images), atol=1e-5)
+
+
+def test_a_release_remade_without_onnx_keeps_the_file_while_the_model_is_the_same(
+        released, simple_run, fer_sample_path, tmp_path, monkeypatch):
+    out = tmp_path / "rel"
+    shutil.copytree(released[0], out / "final")
+    before = (out / "final" / "model.onnx").read_bytes()
+    section = (out / "final" / "MODEL_CARD.md").read_text().split("## ONNX", 1)[1]
+    monkeypatch.setattr(release, "onnx_export_available", lambda: False)
+    # A new label does not change the network.
+    release.make_release(simple_run, fer_sample_path, name="final", tta="flip", out=out,
+                         description="relabelled")
+    card = (out / "final" / "MODEL_CARD.md").read_text()
+    assert (out / "final" / "model.onnx").read_bytes() == before
+    assert card.split("## ONNX", 1)[1] == section and "relabelled" in card
+    # Another network (here: other normalization) cannot keep it, and the release stays.
+    metadata = out / "final" / "meta" / "metadata"
+    meta = json.loads(metadata.read_text())
+    meta["normalization"]["mean"] += 0.01
+    metadata.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"model.onnx.*pip install 'fer_jax\[onnx\]'"):
+        release.make_release(simple_run, fer_sample_path, name="final", tta="flip", out=out)
+    assert (out / "final" / "model.onnx").read_bytes() == before
+    assert not (out / "final.tmp").exists()
 
 
 def test_commands_use_the_release_when_no_checkpoint_is_given(released, fer_sample_path, monkeypatch, capsys):

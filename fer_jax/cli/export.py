@@ -19,12 +19,8 @@ import numpy as np
 from fer_jax.data.readers import read_fer
 from fer_jax.errors import UserError, run_cli
 from fer_jax.inference.loading import load_model
-from fer_jax.onnx_model.runtime import OnnxClassifier
+from fer_jax.inference.onnx_check import CHECKED_FACES, check_onnx
 from fer_jax.runtime import quiet_tensorflow
-
-TOLERANCE = 1e-4
-CHECKED_FACES = 512
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fer_jax.export", description=__doc__.split("\n\n", 1)[1],
@@ -57,16 +53,10 @@ def main(argv=None) -> int:
     if out.parent and not out.parent.is_dir():
         raise UserError(f"--out {out}: the folder {out.parent} does not exist")
     model = export_onnx(loaded)
-    faces = check_faces(args.check_data)
-    expected = loaded.classifier(256).probabilities(faces)
-    got = OnnxClassifier(model.SerializeToString()).probabilities(faces)
-    difference = float(np.abs(got - expected).max())
-    same = int((got.argmax(1) == expected.argmax(1)).sum())
-    print(f"checked on {len(faces)} faces: largest probability difference {difference:.2e}, "
-          f"argmax the same on {same} of {len(faces)}", file=sys.stderr)
-    if difference > TOLERANCE or same != len(faces):
-        raise UserError(f"the ONNX model differs from the Flax model (largest difference {difference:.2e}, "
-                        f"{len(faces) - same} other argmax): not written")
+    check = check_onnx(loaded, model.SerializeToString(), check_faces(args.check_data))
+    print(check.summary(), file=sys.stderr)
+    if not check.passed:
+        raise UserError(f"the ONNX model differs from the Flax model ({check.summary()}): not written")
     try:
         digest = write_onnx(model, out)
     except OSError as err:
