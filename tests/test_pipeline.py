@@ -12,6 +12,7 @@ from fer_jax.data.pipeline import (class_weights, epoch_order, eval_batches, nor
                                    train_batches)
 from fer_jax.errors import UserError
 from fer_jax.inference.classifier import normalize_images
+from fer_jax.transfer.convert import adapt_first_layer
 
 # FER2013 Training class counts (angry ... neutral).
 FER_COUNTS = np.array([3995, 436, 4097, 7215, 4830, 3171, 4965])
@@ -208,6 +209,21 @@ def test_training_validation_and_inference_normalize_to_the_same_bits():
                              norm=norm)
     rows = epoch_order(labels, seed=7, epoch=0, balanced=False)
     np.testing.assert_array_equal(training["image"], expected[rows])
+
+
+@pytest.mark.parametrize("norm, message", [
+    ({"mean": 0.5}, "must be a mapping with numbers 'mean' and 'std'"),
+    ({"mean": 0.5, "std": 0.0}, "needs a finite mean and a positive std"),
+])
+def test_the_pipeline_and_the_weight_conversion_refuse_a_bad_normalization_alike(norm, message):
+    images, labels = make_data(n=8)
+    with pytest.raises(UserError, match=f"^norm {message}"):
+        eval_batches(images, labels, global_batch_size=8, norm=norm)
+    stem = {"stem": {"Conv_0": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}}}
+    statistics = {"stem": {"BatchNorm_0": {"mean": np.zeros(8, np.float32)}}}
+    with pytest.raises(UserError, match=f"^pixel_norm {message}"):
+        adapt_first_layer({"params": stem, "batch_stats": statistics}, "resnet18", gray_to_rgb="sum",
+                          pixel_norm=norm)
 
 
 @pytest.mark.parametrize("process_count", [2, 4])

@@ -9,9 +9,22 @@ from typing import Mapping
 
 import numpy as np
 
+from fer_jax.errors import UserError
+
 # x * float32(1/255) and x / 255 differ by one unit in the last place for some pixels: the
 # training stream multiplies, so everything that feeds a trained model multiplies too.
 _INVERSE_255 = np.float32(1 / 255)
+
+
+def check_norm(norm: Mapping[str, float], name: str = "norm") -> tuple[float, float]:
+    """NORM's (mean, std) as floats; UserError naming NAME unless both are finite and std > 0."""
+    try:
+        mean, std = float(norm["mean"]), float(norm["std"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{name} must be a mapping with numbers 'mean' and 'std', got {norm!r}") from None
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        raise UserError(f"{name} needs a finite mean and a positive std, got {norm!r}")
+    return mean, std
 
 
 def to_unit_scale(pixels):

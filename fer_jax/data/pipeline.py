@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from fer_jax.runtime import usable_cores
 from fer_jax.data.augment import AugmentConfig, augment_batch
-from fer_jax.data.normalization import standardize, to_unit_scale
+from fer_jax.data.normalization import check_norm, standardize, to_unit_scale
 from fer_jax.data.types import IMAGE_SIZE, NUM_CLASSES
 from fer_jax.errors import UserError
 
@@ -93,16 +93,6 @@ def _shard_rows(global_batch_size: int, process_index: int, process_count: int) 
                         f"{process_count} processes")
     per_process = global_batch_size // process_count
     return process_index * per_process, (process_index + 1) * per_process
-
-
-def _check_norm(norm: Mapping[str, float]) -> tuple[float, float]:
-    try:
-        mean, std = float(norm["mean"]), float(norm["std"])
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"norm must be a mapping with numbers 'mean' and 'std', got {norm!r}") from None
-    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
-        raise UserError(f"norm needs a finite mean and a positive std, got {norm!r}")
-    return mean, std
 
 
 # ------------------------------------------------------------------- statistics, weights
@@ -232,7 +222,7 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: 
     _check_seed(seed, epoch)
     if not isinstance(augment, AugmentConfig):
         raise UserError(f"augment must be an AugmentConfig, got {type(augment).__name__}")
-    mean, std = _check_norm(norm)
+    mean, std = check_norm(norm)
     steps = steps_per_epoch(len(images), global_batch_size)
     if steps == 0:
         raise UserError(f"global batch size {global_batch_size} exceeds the {len(images)} "
@@ -277,7 +267,7 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, *, global_batch_size: i
     """
     labels = _check_pair(images, labels)
     lo, hi = _shard_rows(global_batch_size, process_index, process_count)
-    mean, std = _check_norm(norm)
+    mean, std = check_norm(norm)
     count = num_eval_batches(len(images), global_batch_size)
 
     def batches() -> Iterator[dict]:

@@ -10,7 +10,6 @@ ImageNet's per-channel normalization into it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -22,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from fer_jax.data.normalization import check_norm
+from fer_jax.data.readers import file_digest
 from fer_jax.engine.restore_checks import check_readable
 from fer_jax.errors import DataError, UserError
 from fer_jax.models.resnet import RESNET18_STAGES, RESNET34_STAGES, ResNet
@@ -253,7 +254,7 @@ def adapt_first_layer(variables: dict, arch: str, *, gray_to_rgb: str,
                         "channels, not ImageNet's 3: already adapted?")
     mean = np.asarray(stats[mean_path], np.float64)
     if pixel_norm is not None:
-        pixel_mean, pixel_std = _checked_norm(pixel_norm)
+        pixel_mean, pixel_std = check_norm(pixel_norm, "pixel_norm")
         imagenet_mean, imagenet_std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
         scale = pixel_std / imagenet_std
         shift = (pixel_mean - imagenet_mean) / imagenet_std
@@ -264,16 +265,6 @@ def adapt_first_layer(variables: dict, arch: str, *, gray_to_rgb: str,
     params[kernel_path] = kernel.astype(np.float32)
     stats[mean_path] = mean.astype(np.float32)
     return {"params": _unflatten(params), "batch_stats": _unflatten(stats)}
-
-
-def _checked_norm(norm: Mapping[str, float]) -> tuple[float, float]:
-    try:
-        mean, std = float(norm["mean"]), float(norm["std"])
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"pixel_norm must have numbers 'mean' and 'std', got {norm!r}") from None
-    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
-        raise UserError(f"pixel_norm needs a finite mean and a positive std, got {norm!r}")
-    return mean, std
 
 
 # ----------------------------------------------------------------- files and checkpoints
@@ -298,7 +289,7 @@ def save_converted(variables: dict, out_dir: str | os.PathLike, arch: str, sourc
         checkpointer.save(out_dir / VARIABLES_DIR, variables)
         checkpointer.wait_until_finished()
     info = {"format": CONVERTED_FORMAT, "arch": arch, "source": str(source),
-            "source_sha256": _sha256(source) if os.path.isfile(source) else None,
+            "source_sha256": file_digest(source).hex() if os.path.isfile(source) else None,
             "layout": "ImageNet: 3 input channels, 1000-class head; grey adaptation and "
                       "normalization folding happen when it is loaded"}
     (out_dir / CONVERSION_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -335,12 +326,6 @@ def load_converted(directory: str | os.PathLike, arch: str) -> dict:
     return {c: restored[c] for c in ("params", "batch_stats")}
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ trees
