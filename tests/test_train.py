@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from fer_jax import config as config_lib
+from fer_jax.cli import evaluate as evaluate_cli
+from fer_jax.cli import train as train_cli
 from fer_jax.data.source import prepare_data
 from fer_jax.engine.checkpoint import resolve_checkpoint, restore_variables
 from fer_jax.engine.run_options import RunOptions
 from fer_jax.engine.trainer import TrainingDiverged, train_and_evaluate
-from fer_jax.errors import UserError
+from fer_jax.errors import UserError, run_cli
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", WANDB_MODE="disabled", JAX_PLATFORMS="cpu")
 
@@ -110,9 +112,9 @@ def test_killed_process_resumes_to_the_same_result(fer_sample_path, unbroken_run
                f"--workdir={tmp_path}", "--no-progress", "--set", "model=simple_cnn_v2", "--set", "batch_size=32",
                "--set", "epochs=2", "--log-every", "4", "--checkpoint-every", "10",
                "--set", "augment.rotation_deg=10.0", "--set", "augment.hflip_prob=0.5",
-               "--set", "augment.translate_frac=0.1", "--set", "plateau.factor=0.5",
-                              # One device like the in-process reference: dropout masks depend on the device count.
-               "--cpu-devices", "1"]
+               "--set", "augment.translate_frac=0.1", "--set", "plateau.factor=0.5"]
+    # Dropout masks depend on the device count: the command's auto count, as the
+    # in-process reference's (RunOptions.cpu_devices=0).
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "latest" / "20").exists():
@@ -137,14 +139,12 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(pr
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables))
 
 
-def test_evaluate_restores_the_best_checkpoint(fer_sample_path, unbroken_run, tmp_path):
+def test_evaluate_restores_the_best_checkpoint(fer_sample_path, unbroken_run, tmp_path, capsys):
     workdir, summary = unbroken_run
     out = tmp_path / "eval"
-    done = subprocess.run([sys.executable, "-m", "fer_jax.evaluate", "--checkpoint", str(workdir),
-                           "--data", str(fer_sample_path), "--out", str(out)],
-                          env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    first = [line for line in done.stdout.splitlines() if line.startswith("accuracy: ")]
+    assert evaluate_cli.main(["--checkpoint", str(workdir), "--data", str(fer_sample_path),
+                              "--out", str(out)]) == 0
+    first = [line for line in capsys.readouterr().out.splitlines() if line.startswith("accuracy: ")]
     assert len(first) == 1
     assert float(first[0].split()[1]) == pytest.approx(summary["best_val_accuracy"], abs=1e-4)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -166,19 +166,21 @@ def test_evaluate_restores_the_best_checkpoint(fer_sample_path, unbroken_run, tm
     (["--experiment=cbam", "--set", "lr_schedule=step", "--data=/no/such/file.csv"],
      "lr_schedule must be one of constant, cosine, got 'step'"),
 ])
-def test_user_mistakes_get_one_clear_line_and_exit_2(args, expected):
-    done = subprocess.run([sys.executable, "-m", "fer_jax.train", *args], env=ENV, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 2
-    assert expected in done.stderr
-    assert "Traceback" not in done.stderr
+def test_user_mistakes_get_one_clear_line_and_exit_2(args, expected, capsys):
+    # In-process through run_cli, as `python -m fer_jax.train` runs main: anything but a
+    # UserError would escape as an exception, not exit 2.
+    with pytest.raises(SystemExit) as exited:
+        run_cli(train_cli.main, args)
+    assert exited.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0]
 
 
-def test_evaluate_without_a_checkpoint_or_release_says_so(fer_sample_path, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fer_jax.evaluate", "--checkpoint", str(tmp_path),
-                           "--data", str(fer_sample_path)], env=ENV, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "not a fer_jax checkpoint" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_evaluate_without_a_checkpoint_or_release_says_so(fer_sample_path, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run_cli(evaluate_cli.main, ["--checkpoint", str(tmp_path), "--data", str(fer_sample_path)])
+    assert exited.value.code == 2
+    assert "not a fer_jax checkpoint" in capsys.readouterr().err
 
 
 def test_wandb_offline_run_records_config_metrics_tables_and_artifact(prepared, tmp_path, monkeypatch):
@@ -225,39 +227,37 @@ def test_a_few_hundred_steps_on_real_data_learn_more_than_the_majority_class(pre
     assert summary["best_val_accuracy"] > majority + 0.05, (summary["best_val_accuracy"], majority)
 
 
-def test_ensemble_experiment_trains_members_in_turn_and_resumes_them(fer_sample_path, tmp_path):
-    command = [sys.executable, "-m", "fer_jax.train", "--experiment=ensemble", f"--data={fer_sample_path}",
+def test_ensemble_experiment_trains_members_in_turn_and_resumes_them(fer_sample_path, tmp_path, capsys):
+    command = ["--experiment=ensemble", f"--data={fer_sample_path}",
                f"--workdir={tmp_path}", "--no-progress", "--set", "ensemble.members=('simple_cnn_v1','simple_cnn_v2')",
                "--set", "ensemble.weights=()",
                "--set", "max_train_steps=2", "--set", "batch_size=32",
                "--set", "eval_tta=none"]
-    first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "ensemble validation accuracy:" in first.stdout
+    assert train_cli.main(command) == 0
+    assert "ensemble validation accuracy:" in capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [m["model"] for m in summary["member_results"]] == ["simple_cnn_v1", "simple_cnn_v2"]
     assert 0 <= summary["ensemble"]["accuracy"] <= 1
-    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert train_cli.main(command) == 0
     # Members already trained are resumed (nothing left to do), not trained again.
-    assert again.stderr.count("resuming from step 2") == 2
+    assert capsys.readouterr().err.count("resuming from step 2") == 2
 
 
-def test_a_second_stage_member_starts_from_the_member_trained_before_it(fer_sample_path, tmp_path):
+def test_a_second_stage_member_starts_from_the_member_trained_before_it(fer_sample_path, tmp_path, capsys):
     """`final` starts from runs/resnet; inside an ensemble, from the ensemble's own resnet
     member. A weight of 0 trains a member without averaging it in."""
-    command = [sys.executable, "-m", "fer_jax.train", "--experiment=ensemble", f"--data={fer_sample_path}",
+    command = ["--experiment=ensemble", f"--data={fer_sample_path}",
                f"--workdir={tmp_path}", "--no-progress", "--set", "ensemble.members=('resnet','final')",
                "--set", "ensemble.weights=(0,1)", "--set", "eval_tta=none", "--set", "model_kwargs.width=4",
                "--set", "max_train_steps=2", "--set", "batch_size=32"]
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"initialized from {tmp_path / 'members' / 'resnet' / 'checkpoints' / 'best'}" in done.stderr
+    assert train_cli.main(command) == 0
+    err = capsys.readouterr().err
+    assert f"initialized from {tmp_path / 'members' / 'resnet' / 'checkpoints' / 'best'}" in err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["weights"] == [0.0, 1.0]
     resnet, final = summary["member_results"]
     assert summary["ensemble"]["accuracy"] == final["accuracy"]
-    assert "ensemble of 2 (tta=none, weights 0 1)" in done.stderr
+    assert "ensemble of 2 (tta=none, weights 0 1)" in err
 
 
 def test_ensemble_members_and_weights_are_checked(tmp_path):
@@ -274,6 +274,15 @@ def test_ensemble_members_and_weights_are_checked(tmp_path):
     with pytest.raises(UserError, match="non-negative with a positive sum"):
         ensemble_training.train_ensemble(config, tmp_path, overrides=[])
     assert not (tmp_path / "members").exists()  # refused before any member trained
+
+
+def test_an_ensembles_eval_tta_scores_the_average_and_leaves_the_members_own():
+    from fer_jax.engine import ensemble_training
+    ensemble = config_lib.apply_overrides(config_lib.load_experiment("ensemble"), ["eval_tta=flip_crops"])
+    config_lib.validate(ensemble)  # flip_crops: for an ensemble, scored once
+    member = ensemble_training.member_config("cbam", ["eval_tta=flip_crops", "epochs=2"])
+    assert member.eval_tta == config_lib.load_experiment("cbam").eval_tta and member.epochs == 2
+    config_lib.validate(member)
 
 
 def test_rerunning_a_finished_run_says_it_has_finished(prepared, tmp_path, capsys):
@@ -322,7 +331,8 @@ def test_a_run_saved_under_the_former_keys_resumes_under_todays(prepared, tmp_pa
     _rewrite_saved_config(tmp_path, 1, as_stored_before)
     config.max_train_steps = 2
     assert train_and_evaluate(config, tmp_path, prepared=prepared, progress=False)["steps"] == 2
-    _rewrite_saved_config(tmp_path, 2, lambda stored: stored.update(nesterov=False))  # plain SGD
+    # An older run with plain SGD (nesterov false) is another run than optimizer=nesterov.
+    _rewrite_saved_config(tmp_path, 2, lambda stored: stored.update(optimizer="sgd", nesterov=False))
     with pytest.raises(UserError, match="different config .*optimizer"):
         train_and_evaluate(small_config(max_train_steps=3, optimizer="nesterov", **{"plateau.factor": 1.0}),
                            tmp_path, prepared=prepared, progress=False)

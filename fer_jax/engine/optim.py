@@ -98,13 +98,14 @@ def build_optimizer(config, steps_per_epoch: int = 1, labels: Any = None) -> Opt
     schedule = learning_rate_schedule(config, steps_per_epoch)
     label_tree = labels if labels is not None else uniform_labels
     backbone_scale = float(config.transfer.backbone_lr_scale)
+    optimizer = config.get("optimizer", "adamw")
 
     def per_group(scale: float) -> optax.GradientTransformation:
         rate = lambda count: schedule(count) * scale  # noqa: E731
-        if config.get("optimizer", "adamw") in ("sgd", "nesterov"):
+        if optimizer in ("sgd", "nesterov"):
             return optax.chain(optax.add_decayed_weights(config.weight_decay),
                                optax.sgd(rate, momentum=config.momentum or None,
-                                         nesterov=config.optimizer == "nesterov"))
+                                         nesterov=optimizer == "nesterov"))
         return optax.adamw(rate, weight_decay=config.weight_decay)
 
     parts = []
