@@ -23,7 +23,7 @@ from fer_jax.gradcam import find_feature_layer, jitted_gradcam
 from fer_jax.inference.classifier import normalize_images
 from fer_jax.inference.loading import load_model
 from fer_jax.inference.scoring import select_split
-from fer_jax.inference.tta import crop_windows
+from fer_jax.inference.tta import center_window
 from fer_jax.metrics import confusion_matrix, summarize_confusion
 from fer_jax.plots import FaceCell, confusion_matrix_figure, face_grid_figure
 
@@ -38,9 +38,7 @@ class Faces:
 
 def model_view(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, 48, 48) faces as the model reads them: their centre SIZE x SIZE window."""
-    if images.shape[1:3] == (size, size):
-        return images
-    return np.ascontiguousarray(crop_windows(images, size)[0])
+    return np.ascontiguousarray(center_window(images, size))
 
 
 def training_data_path(meta: dict, step_dir: pathlib.Path) -> str:
