@@ -280,6 +280,12 @@ LAZY_MODULES = {
 }
 
 
+@pytest.mark.parametrize("module", ["fer_jax.predictor", "fer_jax.predict", "fer_jax.serve"])
+def test_the_onnx_path_starts_without_jax(module):
+    # Why inference.loading is on LAZY_MODULES: a release's model.onnx runs without JAX.
+    assert imports_jax_on_import(module, project_modules()) == []
+
+
 def inner_imports(name: str, path: pathlib.Path, known: set[str]) -> list[tuple[int, str, str]]:
     """(line, function, project module) of every project import of module NAME inside a
     function or method (importlib.import_module of a literal name too); FUNCTION is the
