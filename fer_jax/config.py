@@ -19,7 +19,7 @@ from fer_jax.errors import UserError
 
 LR_SCHEDULES = ("constant", "cosine")
 # The per-epoch validation's TTA modes (fer_jax.engine.step scores them inside the jitted
-# step); an ensemble, scored once, also takes the ten-crop of fer_jax.inference.tta.
+# step); an ensemble, scored once, also takes the ten-crop of fer_jax.data.tta.
 EVAL_TTA_MODES = ("none", "flip")
 ENSEMBLE_TTA_MODES = EVAL_TTA_MODES + ("flip_crops",)
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     # Test-time augmentation of the validation: "none", "flip" (each face and its mirror
     # image, class probabilities averaged), or, for an ensemble (scored once, at the end),
-    # also "flip_crops" (fer_jax.inference.tta's ten-crop). A trained run validates every
+    # also "flip_crops" (fer_jax.data.tta's ten-crop). A trained run validates every
     # epoch with it and picks its best checkpoint by it.
     c.eval_tta = "none"
 

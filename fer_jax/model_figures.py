@@ -3,7 +3,7 @@ predictions per class, Grad-CAM heat maps (any model) and, for CBAM models, the
 spatial attention maps, each for sample faces and averaged over a class's faces.
 
 A model trained on random crops (augment.random_crop=C) is built for C x C faces and
-scores the centre window (fer_jax.inference.classifier): every figure shows, and every
+scores the centre window (fer_jax.models.classifier): every figure shows, and every
 map is computed on, that centre C x C window of each face.
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from fer_jax.data.cache import load_fer_cached
 from fer_jax.data.types import CLASS_NAMES, NUM_CLASSES
 from fer_jax.errors import UserError
 from fer_jax.gradcam import find_feature_layer, jitted_gradcam
-from fer_jax.inference.classifier import normalize_images
+from fer_jax.models.classifier import normalize_images
 from fer_jax.inference.loading import load_model
 from fer_jax.inference.scoring import select_split
-from fer_jax.inference.tta import center_window
+from fer_jax.data.tta import center_window
 from fer_jax.metrics import confusion_matrix, summarize_confusion
 from fer_jax.plots import FaceCell, confusion_matrix_figure, face_grid_figure
 

@@ -18,7 +18,7 @@ import optax  # noqa: E402
 
 from fer_jax.config import base_config  # noqa: E402
 from fer_jax.engine import optim  # noqa: E402
-from fer_jax.inference.loading import build_model  # noqa: E402
+from fer_jax.models.from_config import build_model  # noqa: E402
 from fer_jax.engine.parallel import DATA_AXIS, StepRunner  # noqa: E402
 from fer_jax.engine.step import make_step_fns  # noqa: E402
 from fer_jax.engine.step import init_state  # noqa: E402

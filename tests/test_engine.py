@@ -13,7 +13,7 @@ from fer_jax.engine import optim
 from fer_jax.engine.parallel import DATA_AXIS, StepRunner
 from fer_jax.engine.step import cross_entropy, init_state, make_step_fns
 from fer_jax.errors import UserError
-from fer_jax.inference.loading import build_model
+from fer_jax.models.from_config import build_model
 
 
 def _batch(n=16, seed=0):

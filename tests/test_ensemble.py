@@ -15,14 +15,14 @@ from fer_jax.config import base_config, load_experiment
 from fer_jax.data.cache import load_fer_cached
 from fer_jax.data.source import prepare_data
 from fer_jax.data.splits import make_splits
-from fer_jax.engine import ensemble_training
+from fer_jax import ensemble_runs
 from fer_jax.engine.checkpoint import resolve_checkpoint
 from fer_jax.engine.run_options import RunOptions
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError, run_cli
 from fer_jax.inference import ensemble, ensemble_file, ensemble_selection
 from fer_jax.inference.scoring import score
-from fer_jax.inference.tta import shifted, tta_views
+from fer_jax.data.tta import shifted, tta_views
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +389,7 @@ def test_an_ensemble_experiment_on_the_stratified_split_records_its_choice(strat
     config = stratified()
     config.experiment = "ensemble"
     config.ensemble.members = ("a", "b")
-    summary = ensemble_training.train_ensemble(config, tmp_path / "ens", overrides=[],
+    summary = ensemble_runs.train_ensemble(config, tmp_path / "ens", overrides=[],
                                                data_path=str(fer_sample_path), progress=False)
     written = json.loads((tmp_path / "ens" / "summary.json").read_text())
     selection = written["selection"]

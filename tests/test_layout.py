@@ -166,6 +166,79 @@ def test_the_layers_keep_the_import_rule():
     assert layout_problems() == []
 
 
+# The layers of BUILD_NOTES' picture, lowest first: a package or top-level module may import
+# its own layer and those below, never one above. Inside a layer the modules may import each
+# other (the circle check above still holds between modules).
+LAYERS = (
+    ("base", {"errors", "runtime", "checkout_packages", "timing", "device_peak"}),
+    ("data", {"data"}),
+    ("config and figures", {"config", "metrics", "plots", "explore_figures", "gradcam"}),
+    ("models", {"kernels", "models"}),
+    ("engine", {"engine", "transfer"}),
+    ("inference", {"inference", "faces", "onnx_model", "serving"}),
+    ("command libraries", {"study_runs", "ensemble_runs", "model_release", "model_figures",
+                           "exploration", "benchmarking", "torch_reference", "predictor"}),
+)
+COMMANDS_LAYER = len(LAYERS)  # fer_jax.cli, the entry modules and experiments/ import anything
+
+
+def layer_of(name: str, commands: set[str]) -> int | None:
+    """The layer of a fer_jax module (None: not a layered module)."""
+    parts = name.split(".")
+    if parts[0] != "fer_jax" or len(parts) == 1:
+        return None
+    if name in commands or parts[1] in ("cli", "experiments", "released"):
+        return COMMANDS_LAYER
+    for rank, (_, members) in enumerate(LAYERS):
+        if parts[1] in members:
+            return rank
+    return -1
+
+
+def layer_problems(root: pathlib.Path = ROOT) -> list[str]:
+    modules = project_modules(root)
+    commands = {name for name, path in modules.items() if is_command(name, path)}
+    problems = []
+    for name, targets in sorted(import_graph(root).items()):
+        rank = layer_of(name, commands)
+        if rank == -1:
+            problems.append(f"{name} is in no layer: add it to tests/test_layout.py LAYERS")
+        if rank is None or rank < 0:
+            continue
+        for target in sorted(targets):
+            target_rank = layer_of(target, commands)
+            if target_rank is not None and target_rank > rank:
+                problems.append(f"{name} ({LAYERS[rank][0]}) imports {target} "
+                                f"({LAYERS[target_rank][0] if target_rank < COMMANDS_LAYER else 'commands'}), "
+                                "a higher layer")
+    return problems
+
+
+def test_each_layer_imports_only_itself_and_the_layers_below():
+    assert layer_problems() == []
+
+
+def test_the_layer_rule_catches_an_upward_import_and_an_unplaced_module(tmp_path):
+    files = {
+        "fer_jax/__init__.py": "",
+        "fer_jax/engine/__init__.py": "",
+        "fer_jax/engine/trainer.py": "from fer_jax.inference.loading import load\n",
+        "fer_jax/inference/__init__.py": "",
+        "fer_jax/inference/loading.py": "from fer_jax.engine import checkpoint\n",
+        "fer_jax/engine/checkpoint.py": "",
+        "fer_jax/stray.py": "",
+    }
+    for folder in SCANNED:
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    assert layer_problems(tmp_path) == [
+        "fer_jax.engine.trainer (engine) imports fer_jax.inference.loading (inference), a higher layer",
+        "fer_jax.stray is in no layer: add it to tests/test_layout.py LAYERS",
+    ]
+
+
 def test_the_rule_catches_a_circle_a_command_import_and_a_benchmark_import(tmp_path):
     for folder in SCANNED:
         (tmp_path / folder).mkdir()
@@ -195,9 +268,9 @@ def test_the_rule_catches_a_circle_a_command_import_and_a_benchmark_import(tmp_p
 
 def test_from_imports_resolve_to_the_module_they_name():
     graph = import_graph()
-    # `from fer_jax.inference import tta` depends on the module fer_jax.inference.tta.
-    assert "fer_jax.inference.tta" in graph["fer_jax.cli.ensemble"]
-    assert "fer_jax.errors" in graph["fer_jax.inference.tta"]
+    # `from fer_jax.data import tta` depends on the module fer_jax.data.tta.
+    assert "fer_jax.data.tta" in graph["fer_jax.cli.ensemble"]
+    assert "fer_jax.errors" in graph["fer_jax.data.tta"]
 
 
 def test_every_package_folder_is_installed():

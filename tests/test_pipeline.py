@@ -11,7 +11,7 @@ from fer_jax.data.pipeline import (class_weights, epoch_order, eval_batches, nor
                                    num_eval_batches, sampling_weights, steps_per_epoch,
                                    train_batches)
 from fer_jax.errors import UserError
-from fer_jax.inference.classifier import normalize_images
+from fer_jax.models.classifier import normalize_images
 from fer_jax.transfer.convert import adapt_first_layer
 
 # FER2013 Training class counts (angry ... neutral).

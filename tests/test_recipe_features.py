@@ -23,9 +23,10 @@ from fer_jax.engine.parallel import DATA_AXIS
 from fer_jax.engine.step import eval_step, make_step_fns, mix_batch, new_state
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError
-from fer_jax.inference.classifier import Classifier
-from fer_jax.inference.loading import build_model, load_model
-from fer_jax.inference.tta import tta_views
+from fer_jax.models.classifier import Classifier
+from fer_jax.inference.loading import load_model
+from fer_jax.models.from_config import build_model
+from fer_jax.data.tta import tta_views
 from fer_jax.models import get_model
 
 

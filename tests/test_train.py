@@ -261,26 +261,26 @@ def test_a_second_stage_member_starts_from_the_member_trained_before_it(fer_samp
 
 
 def test_ensemble_members_and_weights_are_checked(tmp_path):
-    from fer_jax.engine import ensemble_training
-    final = ensemble_training.member_config("final", [])
+    from fer_jax import ensemble_runs
+    final = ensemble_runs.member_config("final", [])
     with pytest.raises(UserError, match="list resnet before final"):
-        ensemble_training._start_from_member(final, "final", ["final", "resnet"], tmp_path)
-    ensemble_training._start_from_member(final, "final", ["resnet", "final"], tmp_path)
+        ensemble_runs._start_from_member(final, "final", ["final", "resnet"], tmp_path)
+    ensemble_runs._start_from_member(final, "final", ["resnet", "final"], tmp_path)
     assert final.init_from == str(tmp_path / "members" / "resnet")
     config = config_lib.apply_overrides(config_lib.load_experiment("ensemble"), ["ensemble.weights=(1,1)"])
     with pytest.raises(UserError, match="2 values for 3 members"):
-        ensemble_training.train_ensemble(config, tmp_path, overrides=[])
+        ensemble_runs.train_ensemble(config, tmp_path, overrides=[])
     config = config_lib.apply_overrides(config_lib.load_experiment("ensemble"), ["ensemble.weights=(0,0,0)"])
     with pytest.raises(UserError, match="non-negative with a positive sum"):
-        ensemble_training.train_ensemble(config, tmp_path, overrides=[])
+        ensemble_runs.train_ensemble(config, tmp_path, overrides=[])
     assert not (tmp_path / "members").exists()  # refused before any member trained
 
 
 def test_an_ensembles_eval_tta_scores_the_average_and_leaves_the_members_own():
-    from fer_jax.engine import ensemble_training
+    from fer_jax import ensemble_runs
     ensemble = config_lib.apply_overrides(config_lib.load_experiment("ensemble"), ["eval_tta=flip_crops"])
     config_lib.validate(ensemble)  # flip_crops: for an ensemble, scored once
-    member = ensemble_training.member_config("cbam", ["eval_tta=flip_crops", "epochs=2"])
+    member = ensemble_runs.member_config("cbam", ["eval_tta=flip_crops", "epochs=2"])
     assert member.eval_tta == config_lib.load_experiment("cbam").eval_tta and member.epochs == 2
     config_lib.validate(member)
 

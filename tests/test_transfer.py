@@ -25,6 +25,8 @@ from fer_jax.engine.parallel import DATA_AXIS, StepRunner
 from fer_jax.engine.step import TrainState, make_step_fns
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import DataError, UserError, run_cli
+from fer_jax.models.from_config import transfer_model_kwargs
+from fer_jax.models.registry import IMAGENET_ARCHITECTURES
 from fer_jax.models.resnet import ResNet
 from fer_jax.models.vgg_imagenet import VGG16_STAGES, VGGImageNet, adaptive_avg_pool, resize_input
 from fer_jax.transfer import convert, finetune
@@ -553,14 +555,18 @@ def test_warmup_ramps_the_learning_rate():
     np.testing.assert_allclose(steps, [0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2], rtol=1e-3)
 
 
+def test_the_converted_architectures_are_the_registrys_imagenet_ones():
+    assert tuple(convert.ARCH_SPECS) == IMAGENET_ARCHITECTURES == convert.ARCHITECTURES
+
+
 def test_transfer_model_kwargs_follow_the_grey_strategy_and_size():
     config = _transfer_config(gray_to_rgb="repeat", input_size=96)
     config.model = "vgg16_bn"
-    assert finetune.transfer_model_kwargs(config) == {"num_input_channels": 3, "input_size": 96}
+    assert transfer_model_kwargs(config) == {"num_input_channels": 3, "input_size": 96}
     config.transfer.update(gray_to_rgb="sum", input_size=48)
-    assert finetune.transfer_model_kwargs(config) == {"num_input_channels": 1}
+    assert transfer_model_kwargs(config) == {"num_input_channels": 1}
     config.model = "simple_cnn_v1"
-    assert finetune.transfer_model_kwargs(config) == {}
+    assert transfer_model_kwargs(config) == {}
     config.init_from = "weights.pth"
     with pytest.raises(UserError, match="needs a model with ImageNet weights"):
         finetune.check_transfer_config(config)

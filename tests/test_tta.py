@@ -1,5 +1,5 @@
 """One set of test-time views: the jitted validation step (fer_jax.engine.step) and inference
-(fer_jax.inference.tta, the Classifier) mirror and crop faces alike."""
+(fer_jax.data.tta, the Classifier) mirror and crop faces alike."""
 from __future__ import annotations
 
 import jax
@@ -11,8 +11,8 @@ from fer_jax.data.normalization import normalize_images
 from fer_jax.data.types import NUM_CLASSES
 from fer_jax.engine.parallel import DATA_AXIS
 from fer_jax.engine.step import eval_step
-from fer_jax.inference.classifier import Classifier
-from fer_jax.inference.tta import probabilities_with_tta, tta_views
+from fer_jax.models.classifier import Classifier
+from fer_jax.data.tta import probabilities_with_tta, tta_views
 
 NORM = {"mean": 0.5, "std": 0.25}
 

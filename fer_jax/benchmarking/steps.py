@@ -23,9 +23,9 @@ from fer_jax.engine import optim
 from fer_jax.engine.parallel import DATA_AXIS, StepRunner
 from fer_jax.engine.step import init_state, make_step_fns
 from fer_jax.errors import UserError
-from fer_jax.inference.loading import build_model
+from fer_jax.models.from_config import build_model
 from fer_jax.kernels import resolve_kernels
-from fer_jax.transfer.finetune import transfer_model_kwargs
+from fer_jax.models.from_config import transfer_model_kwargs
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ import sys
 from fer_jax.data.cache import load_fer_cached
 from fer_jax.data.types import PRIVATE_TEST, PUBLIC_TEST
 from fer_jax.errors import UserError, run_cli
-from fer_jax.inference import tta as tta_lib
+from fer_jax.data import tta as tta_lib
 from fer_jax.inference.ensemble import check_weights, evaluate_members, format_table, load_member, subset_search
 from fer_jax.inference.ensemble_file import read_ensemble_file
 from fer_jax.inference.ensemble_selection import check_select_on, choose_subset, held_out_slice

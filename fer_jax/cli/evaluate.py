@@ -13,7 +13,7 @@ import sys
 from fer_jax.data.cache import load_fer_cached
 from fer_jax.errors import run_cli
 from fer_jax.inference.scoring import SPLIT_CHOICES, evaluate_checkpoint, select_split
-from fer_jax.inference.tta import TTA_MODES
+from fer_jax.data.tta import TTA_MODES
 from fer_jax.metrics import format_report
 from fer_jax.plots import confusion_matrix_figure
 from fer_jax.runtime import quiet_tensorflow

@@ -14,7 +14,7 @@ import sys
 
 from fer_jax.checkout_packages import DEFAULT_RELEASE
 from fer_jax.errors import run_cli
-from fer_jax.inference.tta import TTA_MODES
+from fer_jax.data.tta import TTA_MODES
 from fer_jax.model_release import make_release
 from fer_jax.runtime import quiet_tensorflow
 

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     split_cpu_into_devices(args.cpu_devices)
     # The engine imports jax, which must not start before the CPU is split into devices.
     from fer_jax.engine import parallel
-    from fer_jax.engine.ensemble_training import train_ensemble
+    from fer_jax.ensemble_runs import train_ensemble
     from fer_jax.engine.trainer import train_and_evaluate
 
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)

@@ -18,7 +18,7 @@ from fer_jax.config import EVAL_TTA_MODES, input_size
 from fer_jax.data.types import NUM_CLASSES
 from fer_jax.errors import UserError
 from fer_jax.engine.parallel import DATA_AXIS
-from fer_jax.inference.tta import tta_views
+from fer_jax.data.tta import tta_views
 
 
 @flax.struct.dataclass
@@ -183,7 +183,7 @@ def eval_step(state: TrainState, batch: dict, *, apply_fn: Callable, tta: str = 
     The faces are cut to their centre IMAGE_SIZE window (a model trained on random crops).
     tta="flip" scores each face by the mean of its and its mirror image's class
     probabilities; the loss is then the cross-entropy of that mean. The views are
-    fer_jax.inference.tta's, made inside the jitted step.
+    fer_jax.data.tta's, made inside the jitted step.
     """
     views = tta_views(batch["image"], tta, crop=image_size)
     logits = [apply_fn(state.eval_variables, view, train=False) for view in views]

@@ -38,8 +38,8 @@ from fer_jax.engine.run_options import RunOptions
 from fer_jax.engine.step import TrainState, init_variables, make_step_fns, new_state
 from fer_jax.engine.wandb_logger import RunLogger
 from fer_jax.errors import UserError
-from fer_jax.inference.classifier import Classifier
-from fer_jax.inference.loading import build_model
+from fer_jax.models.classifier import Classifier
+from fer_jax.models.from_config import build_model
 from fer_jax.transfer import finetune
 
 # Config keys that may change between a run and its resumption (they do not change

@@ -12,7 +12,7 @@ import numpy as np
 from fer_jax.errors import UserError
 from fer_jax.inference.loading import load_model
 from fer_jax.inference.scoring import score
-from fer_jax.inference.tta import check_tta, probabilities_with_tta
+from fer_jax.data.tta import check_tta, probabilities_with_tta
 
 MAX_SEARCH_MEMBERS = 12
 

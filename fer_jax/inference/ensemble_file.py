@@ -19,7 +19,7 @@ import pathlib
 
 from fer_jax.checkout_packages import release_root
 from fer_jax.errors import UserError
-from fer_jax.inference.tta import TTA_MODES
+from fer_jax.data.tta import TTA_MODES
 
 ENSEMBLE_FILE = "ensemble.json"
 REQUIRED_KEYS = ("members", "weights", "tta", "selection")

@@ -20,7 +20,7 @@ from fer_jax.errors import UserError
 from fer_jax.faces.align import align_face, whole_image_face
 from fer_jax.faces.detect import DetectedFace, FaceDetector
 from fer_jax.faces.detectors import DEFAULT_DETECTOR, Detector, make_detector
-from fer_jax.inference.tta import check_tta, probabilities_with_tta
+from fer_jax.data.tta import check_tta, probabilities_with_tta
 from fer_jax.onnx_model.runtime import OnnxClassifier, onnxruntime_installed, shipped_onnx
 
 BACKENDS = ("auto", "jax", "onnx")
@@ -58,7 +58,7 @@ class ExpressionPredictor:
     """A restored model, its training normalization and a face detector, kept together.
 
     checkpoint: a run's workdir (its best checkpoint), a step folder, or None for the
-    released model. tta: a mode of fer_jax.inference.tta ("none", "flip", "flip_crops"),
+    released model. tta: a mode of fer_jax.data.tta ("none", "flip", "flip_crops"),
     or True for "flip" (each face averaged with its mirror image) and False for "none".
     batch_size: faces per jitted forward pass (fixed, so the model compiles once).
     detector: "auto" (default), "blazeface" or "mtcnn" (fer_jax.faces.detectors), or a

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pathlib
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 import ml_collections
 
 from fer_jax.checkout_packages import released_checkpoint
@@ -12,18 +11,8 @@ from fer_jax.config import base_config, input_size
 from fer_jax.engine.checkpoint import read_meta, resolve_checkpoint, restore_variables
 from fer_jax.engine.restore_checks import check_meta, check_readable, check_variables
 from fer_jax.errors import UserError
-from fer_jax.inference.classifier import Classifier
-from fer_jax.kernels import resolve_kernels
-from fer_jax.models import get_model
-from fer_jax.transfer.finetune import transfer_model_kwargs
-
-
-def build_model(config, *, bn_axis_name: str | None = None):
-    """The config's model; the compute dtype and widths come from the config."""
-    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-    kwargs = {**transfer_model_kwargs(config), **dict(config.model_kwargs)}
-    kwargs.setdefault("kernels", resolve_kernels(config.get("kernels", "auto")))
-    return get_model(config.model, dtype=dtype, bn_axis_name=bn_axis_name, **kwargs)
+from fer_jax.models.classifier import Classifier
+from fer_jax.models.from_config import build_model
 
 
 class LoadedModel(NamedTuple):

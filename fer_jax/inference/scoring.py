@@ -9,7 +9,7 @@ import numpy as np
 from fer_jax.data.types import PRIVATE_TEST, PUBLIC_TEST, TRAINING, UNLABELLED, FerData
 from fer_jax.errors import UserError
 from fer_jax.inference.loading import LoadedModel, load_model
-from fer_jax.inference.tta import check_tta, probabilities_with_tta
+from fer_jax.data.tta import check_tta, probabilities_with_tta
 from fer_jax.metrics import confusion_matrix, summarize_confusion
 
 ALL_LABELLED = "all"

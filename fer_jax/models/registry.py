@@ -38,6 +38,8 @@ _SPECS: Mapping[str, tuple[type[nn.Module], Mapping[str, Any]]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_SPECS)
 # The original study's architectures (what the benchmark compares with PyTorch); the rest
 # exist to take converted ImageNet weights.
+# The torchvision architectures whose ImageNet weights fer_jax.transfer converts.
+IMAGENET_ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet34", "vgg16_bn", "vgg19_bn")
 STUDY_MODEL_NAMES: tuple[str, ...] = tuple(n for n in MODEL_NAMES if n not in ("vgg16_bn", "vgg19_bn"))
 
 _FLAX_INTERNAL_FIELDS = ("parent", "name")

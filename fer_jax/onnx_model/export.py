@@ -4,7 +4,7 @@ The training normalization, the model in inference mode (BatchNorm's running sta
 no dropout) and the softmax are all inside, so a user of the file needs nothing else.
 A model trained on random crops (augment.random_crop=C) is built for C x C input; its
 graph still takes 48x48 faces and cuts their centre C x C window first, as
-fer_jax.inference.classifier does, so every exported file has the same interface and
+fer_jax.models.classifier does, so every exported file has the same interface and
 the runtimes (predict, serve) need not know the crop.
 The network is rebuilt with XLA's own convolutions (not the oneDNN custom calls, which
 have no ONNX form); both compute the same convolution.
@@ -21,7 +21,8 @@ import onnx
 
 from fer_jax.config import input_size
 from fer_jax.data.types import CLASS_NAMES, IMAGE_SIZE
-from fer_jax.inference.loading import LoadedModel, build_model
+from fer_jax.inference.loading import LoadedModel
+from fer_jax.models.from_config import build_model
 from fer_jax.onnx_model.convert import to_onnx
 from fer_jax.onnx_model.runtime import ONNX_FILE, OnnxClassifier
 
@@ -31,7 +32,7 @@ OUTPUT_NAME = "probabilities"
 
 def probabilities_fn(loaded: LoadedModel):
     """uint8 (N, 48, 48) -> float32 (N, 7), cut to the model's input size and normalized
-    exactly as fer_jax.inference.classifier."""
+    exactly as fer_jax.models.classifier."""
     config = loaded.config.copy_and_resolve_references()
     size = input_size(config)
     top = (IMAGE_SIZE - size) // 2

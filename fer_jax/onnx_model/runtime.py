@@ -1,4 +1,4 @@
-"""An exported model run by onnxruntime, with the interface of fer_jax.inference.classifier.Classifier.
+"""An exported model run by onnxruntime, with the interface of fer_jax.models.classifier.Classifier.
 
 A released model's folder ships its `model.onnx`: `shipped_onnx` finds it and the model's
 metadata (plain JSON) without importing JAX or Orbax, which is most of the start-up time

@@ -25,6 +25,7 @@ from fer_jax.data.normalization import check_norm
 from fer_jax.data.readers import file_digest
 from fer_jax.engine.restore_checks import check_readable
 from fer_jax.errors import DataError, UserError
+from fer_jax.models.registry import IMAGENET_ARCHITECTURES
 from fer_jax.models.resnet import RESNET18_STAGES, RESNET34_STAGES, ResNet
 from fer_jax.models.vgg_imagenet import (CLASSIFIER_POOL, VGG16_STAGES, VGG19_STAGES,
                                          VGGImageNet)
@@ -71,7 +72,7 @@ ARCH_SPECS: Mapping[str, ArchSpec] = {
     "vgg16_bn": ArchSpec("vgg", VGG16_STAGES, ("block1_conv1", "conv"), ("block1_conv1", "bn")),
     "vgg19_bn": ArchSpec("vgg", VGG19_STAGES, ("block1_conv1", "conv"), ("block1_conv1", "bn")),
 }
-ARCHITECTURES: tuple[str, ...] = tuple(ARCH_SPECS)
+ARCHITECTURES: tuple[str, ...] = IMAGENET_ARCHITECTURES  # the keys of ARCH_SPECS, in order
 
 # (torch tensor suffix, variable collection, Flax leaf name), per kind.
 _TENSORS = {

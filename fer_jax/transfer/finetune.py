@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from fer_jax.data.types import IMAGE_SIZE
 from fer_jax.engine.optim import BACKBONE, FROZEN, HEAD
 from fer_jax.errors import UserError
 from fer_jax.transfer import convert
@@ -104,19 +103,6 @@ def pretrained_arch(config) -> str:
     """The torchvision architecture of ImageNet weights: the model's name (the ImageNet
     models are registered under torchvision's names)."""
     return config.model
-
-
-def transfer_model_kwargs(config) -> dict:
-    """Model attributes the transfer settings imply for an ImageNet architecture (pretrained
-    or not, so a from-scratch baseline is the same network); config.model_kwargs should
-    be merged over them. Other models get none."""
-    if pretrained_arch(config) not in convert.ARCHITECTURES:
-        return {}
-    t = config.transfer
-    kwargs = {"num_input_channels": 1 if t.gray_to_rgb == "sum" else 3}
-    if t.input_size and t.input_size != IMAGE_SIZE:
-        kwargs["input_size"] = int(t.input_size)
-    return kwargs
 
 
 # ---------------------------------------------------------------------- frozen BatchNorm

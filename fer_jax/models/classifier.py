@@ -7,7 +7,7 @@ import numpy as np
 
 from fer_jax.data.normalization import normalize_images
 from fer_jax.data.types import NUM_CLASSES
-from fer_jax.inference.tta import center_window
+from fer_jax.data.tta import center_window
 
 
 class Classifier:
@@ -15,7 +15,7 @@ class Classifier:
 
     `probabilities_fn(variables, x)` is the jitted softmax of the model on one normalized batch.
     crop > 0: the model was trained on crops of that size; faces larger than it are cut
-    to their centre window (fer_jax.inference.tta makes the other views).
+    to their centre window (fer_jax.data.tta makes the other views).
     """
 
     def __init__(self, model, variables, norm: dict, batch_size: int = 256, crop: int = 0):
