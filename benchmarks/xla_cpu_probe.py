@@ -5,7 +5,7 @@
     python benchmarks/xla_cpu_probe.py weight-grad  # the conv weight gradient by hand against XLA's own
     python benchmarks/xla_cpu_probe.py first-block  # the recipes' first block (3x3, 1->32, 48x48) by batch size
     python benchmarks/xla_cpu_probe.py microbatch [M [unroll]]  # fast_15min's step, each device's share in scanned microbatches of M
-    python benchmarks/xla_cpu_probe.py profile [MODEL|EXPERIMENT]  # a train step's time per XLA op kind (needs TensorFlow)
+    python benchmarks/xla_cpu_probe.py profile [MODEL|EXPERIMENT]  # a train step's time per XLA op kind (needs TensorFlow; PROFILE_TOP=N kinds, default 15)
     python benchmarks/xla_cpu_probe.py pool [MODEL ...]  # max_pool2's own gradient against a reshape-and-max's automatic one
 
 Each runs on however many CPU devices XLA_FLAGS gives (one by default) and takes the
@@ -22,6 +22,7 @@ import re
 import sys
 import tempfile
 import time
+from unittest import mock
 
 # The profile needs XLA's per-op trace events, which only exist when asked for at start-up.
 if sys.argv[1:2] == ["profile"]:
@@ -224,8 +225,6 @@ def _autodiff_max_pool2(x):
 def probe_pool(models: list[str], rounds: int = 5, steps: int = 3) -> None:
     """The ReLU + 2x2 max-pool gradient alone, then whole train steps of MODELS (the bench's
     steps, default kernels), with fer_jax's max_pool2 and with _autodiff_max_pool2 in turn."""
-    from unittest import mock
-
     from fer_jax.benchmarking.steps import prepare_jax_steps
     from fer_jax.models import cbam, deep_cnn, resnet, simple_cnn, vgg
     from fer_jax.models.layers import max_pool2
