@@ -60,13 +60,21 @@ def stage_one(config: dict) -> dict | None:
             "val_accuracy": (meta.get("val_metrics") or {}).get("accuracy")}
 
 
+_OPTIMIZER_NAMES = {"adamw": "AdamW", "sgd": "SGD", "nesterov": "SGD with Nesterov momentum"}
+
+
+def _momentum(config: dict) -> str:
+    return "" if config.get("optimizer", "adamw") == "adamw" else f" (momentum {config['momentum']:g})"
+
+
 def _recipe_lines(config: dict, first_stage: dict | None = None) -> list[str]:
     config = upgrade(config)  # a run stored under older keys reads as today's
     aug = config.get("augment", {})
     active = {k: v for k, v in aug.items() if v not in (0, 0.0, [1.0, 1.0], (1.0, 1.0))}
     lines = [
         f"- model: `{config['model']}` {json.dumps(config.get('model_kwargs') or {})}",
-        f"- optimizer: AdamW, learning rate {config['learning_rate']:g}, weight decay "
+        f"- optimizer: {_OPTIMIZER_NAMES[config.get('optimizer', 'adamw')]}"
+        f"{_momentum(config)}, learning rate {config['learning_rate']:g}, weight decay "
         f"{config['weight_decay']:g}, schedule `{config.get('lr_schedule', 'constant')}`"
         f" (warm-up {config.get('warmup_epochs', 0):g} epochs), reduce-on-plateau "
         f"{'on' if config['plateau']['factor'] < 1 else 'off'}; batch {config['batch_size']}",

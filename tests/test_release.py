@@ -127,6 +127,15 @@ def test_a_second_stage_card_names_the_run_it_started_from(simple_run, tmp_path)
     assert release.stage_one({"init_from": str(tmp_path / "gone")}) == {"path": str(tmp_path / "gone")}
 
 
+def test_the_card_names_the_optimizer_the_run_trained_with():
+    from fer_jax.config import base_config
+    config = base_config().to_dict()
+    assert "- optimizer: AdamW, learning rate" in "\n".join(release._recipe_lines(config))
+    config.update(optimizer="nesterov", momentum=0.9)
+    assert "- optimizer: SGD with Nesterov momentum (momentum 0.9), learning rate" in "\n".join(
+        release._recipe_lines(config))
+
+
 def test_only_the_default_release_is_used_without_a_checkpoint_argument(released, simple_run,
                                                                          fer_sample_path, tmp_path):
     default_card = (released[0] / "MODEL_CARD.md").read_text()
