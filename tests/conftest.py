@@ -5,9 +5,16 @@ import gzip
 import os
 import pathlib
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
+
+# Eight CPU devices in the test process, so that the multi-device tests run here on meshes
+# of 1, 2 and 8 of them instead of in new interpreters; a run in this process uses the
+# devices it asks for (RunOptions.cpu_devices; the auto count by default). JAX's own
+# setting, not XLA_FLAGS: the processes tests start get the count they or their command ask for.
+jax.config.update("jax_num_cpu_devices", 8)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_FER_DIR = pathlib.Path(

@@ -12,7 +12,8 @@ from fer_jax.benchmarking.steps import prepare_jax_steps
 
 
 def main(train_steps: int, eval_steps: int) -> None:
-    steps = prepare_jax_steps("simple_cnn_v1", 64)
+    # A narrow network: the stall comes from the number of steps queued, not their size.
+    steps = prepare_jax_steps("simple_cnn_v1", 64, model_kwargs={"widths": (8, 16), "dense_width": 16})
     runner = steps.runner
     most = 0
     outputs = []

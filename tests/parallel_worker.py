@@ -1,14 +1,15 @@
-"""Runs k train steps of a BatchNorm CNN on a fixed global batch and saves the variables.
+"""Runs k train steps of a BatchNorm CNN on a fixed global batch and returns (saves) the variables.
 
-Used by test_parallel.py in subprocesses, since the device count (XLA_FLAGS) and
-jax.distributed must be set before JAX starts:
-    python tests/parallel_worker.py MODE STEPS OUT [COORDINATOR NUM_PROCESSES PROCESS_ID]
+test_parallel.py and test_kernels.py call `train_steps` in the test process on meshes of
+1, 2 or 8 of its CPU devices; the two-process test runs this file in two processes, since
+jax.distributed must start before JAX does:
+    python tests/parallel_worker.py MODE STEPS OUT COORDINATOR NUM_PROCESSES PROCESS_ID
 """
 import sys
 
 import jax
 
-if len(sys.argv) > 4:
+if __name__ == "__main__" and len(sys.argv) > 4:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=sys.argv[4], num_processes=int(sys.argv[5]),
                                process_id=int(sys.argv[6]))
@@ -22,14 +23,19 @@ from fer_jax.models.from_config import build_model  # noqa: E402
 from fer_jax.engine.parallel import DATA_AXIS, StepRunner  # noqa: E402
 from fer_jax.engine.step import make_step_fns  # noqa: E402
 from fer_jax.engine.step import init_state  # noqa: E402
+from fer_jax.kernels import resolve_kernels  # noqa: E402
 
 GLOBAL_BATCH = 16
 
 
-def main(mode: str, steps: int, out: str) -> None:
+def train_steps(mode: str, steps: int, devices=None) -> dict[str, np.ndarray]:
+    """The variables, losses, device count and kernels after STEPS steps on DEVICES
+    (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
     config = base_config()
     config.model = "simple_cnn_v2"
     config.model_kwargs.dropout = 0.0  # dropout masks depend on the device layout
+    config.kernels = resolve_kernels(config.get("kernels", "auto"))
     config.learning_rate = 1e-3
     config.weight_decay = 1e-3
     model = build_model(config, bn_axis_name=DATA_AXIS)
@@ -38,7 +44,7 @@ def main(mode: str, steps: int, out: str) -> None:
     tx, plateau = optax.adamw(1e-3, eps=1e-3, weight_decay=1e-3), optim.make_plateau(config)
     state = init_state(config, model, tx, plateau)
     train_fn, eval_fn = make_step_fns(model.apply, tx, None, 0.1)
-    runner = StepRunner(train_fn, eval_fn, mode)
+    runner = StepRunner(train_fn, eval_fn, mode, devices=devices)
     state = runner.to_devices(state)
     rng = jax.random.PRNGKey(0)
     data = np.random.default_rng(1)
@@ -58,7 +64,13 @@ def main(mode: str, steps: int, out: str) -> None:
     flat.update({f"batch_stats/{jax.tree_util.keystr(k)}": np.asarray(v)
                  for k, v in jax.tree_util.tree_leaves_with_path(host.batch_stats)})
     flat["losses"] = np.array(losses)
-    flat["device_count"] = np.array(jax.device_count())
+    flat["device_count"] = np.array(len(runner.devices))
+    flat["kernels"] = np.array(config.kernels)
+    return flat
+
+
+def main(mode: str, steps: int, out: str) -> None:
+    flat = train_steps(mode, steps)
     if jax.process_index() == 0:
         np.savez(out, **flat)
 

@@ -5,9 +5,6 @@ The oneDNN tests skip where the kernels cannot be built (other CPUs, no compiler
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 
 import jax
@@ -24,6 +21,7 @@ from fer_jax.kernels import build
 from fer_jax.kernels.conv import OnednnConvGeneralDilated
 from fer_jax.models import STUDY_MODEL_NAMES, get_model
 from fer_jax.models.layers import max_pool2
+from parallel_worker import train_steps
 
 DN = ("NHWC", "HWIO", "NHWC")
 # float32: max error over the output's max magnitude (oneDNN and XLA sum in other orders).
@@ -211,28 +209,14 @@ def _loss_curves(model: str, dtype: str, steps_run: int = 6) -> dict[str, np.nda
     return curves
 
 
-WORKER = os.path.join(os.path.dirname(__file__), "parallel_worker.py")
-
-
-def _worker(devices: int, out) -> str:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, WORKER, "jit", "3", str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stderr
-
-
 @onednn
-def test_two_devices_with_onednn_match_one(tmp_path):
-    """parallel_worker builds its model with the default kernels (auto: oneDNN here)."""
-    results = {}
-    for devices in (1, 2):
-        log = _worker(devices, tmp_path / f"{devices}.npz")
-        assert "kernels: oneDNN convolutions" in log
-        results[devices] = dict(np.load(tmp_path / f"{devices}.npz"))
+def test_two_devices_with_onednn_match_one():
+    """parallel_worker builds its model with the default kernels (auto: oneDNN here); meshes
+    of 1 and 2 of the test process's CPU devices."""
+    results = {devices: train_steps("jit", 3, jax.devices("cpu")[:devices]) for devices in (1, 2)}
+    assert str(results[1]["kernels"]) == str(results[2]["kernels"]) == "onednn"
     for key, value in results[1].items():
-        if key != "device_count":
+        if key not in ("device_count", "kernels"):
             np.testing.assert_allclose(results[2][key], value, rtol=1e-5, atol=1e-5, err_msg=key)
     assert int(results[2]["device_count"]) == 2
 

@@ -17,6 +17,7 @@ from fer_jax import device_peak
 from fer_jax.benchmarking.report import BenchRun, ModelResult
 from fer_jax.benchmarking.steps import BenchTarget, prepare_jax_steps
 from fer_jax.data import pipeline  # importing it hides the GPUs from TensorFlow
+from fer_jax.engine.parallel import run_devices
 from fer_jax.errors import UserError
 from fer_jax.kernels import resolve_kernels
 from fer_jax.runtime import usable_cores
@@ -126,8 +127,8 @@ def measure_pipeline(batch_size: int, num_images: int, seconds: float) -> float:
 
 def devices_peak(compute_dtype: str, override_per_device: float | None
                  ) -> tuple[float | None, str | None]:
-    """(peak TFLOP/s of all of jax's devices together, where the figure comes from)."""
-    devices = jax.devices()
+    """(peak TFLOP/s of the timed steps' devices together, where the figure comes from)."""
+    devices = run_devices()
     if override_per_device is not None:
         return override_per_device * len(devices), "--peak-tflops"
     per_device = device_peak.peak_tflops(devices[0].device_kind, compute_dtype)
@@ -158,9 +159,9 @@ def run_bench(targets: Sequence[BenchTarget], *, batch_size: int, seconds: float
               compute_dtype: str, torch_bench, pipeline_images: int,
               torch_skipped_because: str | None = None, peak_tflops: float | None = None,
               kernels: Sequence[str] = ("auto",), progress=print) -> BenchRun:
-    if batch_size % jax.device_count():
-        raise UserError(f"--batch-size {batch_size} must be divisible by the "
-                        f"{jax.device_count()} devices")
+    devices = len(run_devices())  # the devices StepRunner spans
+    if batch_size % devices:
+        raise UserError(f"--batch-size {batch_size} must be divisible by the {devices} devices")
     threads = torch_threads()
     kernels = resolved_kernels(kernels)
     pipeline_rate = None

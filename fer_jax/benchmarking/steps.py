@@ -136,7 +136,7 @@ def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "fl
     jax.block_until_ready(train())
     first_train_step_s = time.perf_counter() - start
     jax.block_until_ready(evaluate())
-    devices = jax.devices()
+    devices = runner.devices
     return JaxSteps(train_step=train, eval_step=evaluate, params=params, flops_per_image=flops,
                     first_train_step_s=first_train_step_s,
                     devices=f"{len(devices)} x {devices[0].device_kind}",

@@ -1,8 +1,8 @@
-"""Data parallelism over every device of every host.
+"""Data parallelism over every device of every host (in one CPU process: the devices the run asks for).
 
 One named axis, DATA_AXIS, carries the batch. The step functions write their
 collectives over it explicitly, so the same function runs under `jax.pmap` and
-under `jax.jit` + `jax.shard_map` over a mesh of all devices (the default).
+under `jax.jit` + `jax.shard_map` over a mesh of the run's devices (the default).
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from fer_jax.runtime import cpu_device_count
 
 DATA_AXIS = "data"
 
@@ -42,9 +44,24 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         jax.distributed.initialize()
 
 
-def data_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh of every device of every host; Auto axis types for plain data parallelism."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+def run_devices(cpu_devices: int = 0) -> list:
+    """The devices a run spans: every device of every host; in a single CPU process, the
+    first cpu_device_count(CPU_DEVICES) of the process's devices (all, if it has fewer).
+
+    The command splits the CPU into that many devices before JAX starts; a process that
+    already has others (a notebook, the test suite's 8) still runs on the count asked for.
+    """
+    devices = jax.devices()
+    if jax.process_count() > 1 or devices[0].platform != "cpu":
+        return devices
+    return devices[:cpu_device_count(cpu_devices)]
+
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh of DEVICES (default: every device of every host); Auto axis types for
+    plain data parallelism."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -68,11 +85,11 @@ def replicate(tree: Any, mesh) -> Any:
 
 
 class _MeshLayout:
-    """The default: jax.jit over jax.shard_map on a mesh of every device of every host.
+    """The default: jax.jit over jax.shard_map on a mesh of the run's devices.
     State is replicated; each host passes its own rows of the global batch."""
 
-    def __init__(self):
-        self.mesh = data_mesh()
+    def __init__(self, devices: list):
+        self.mesh = data_mesh(devices)
 
     def compile(self, train_fn: Callable, eval_fn: Callable) -> tuple[Callable, Callable]:
         # check_vma=False: gradients are averaged by the explicit psum in the step,
@@ -95,16 +112,23 @@ class _MeshLayout:
 
 class _PmapLayout:
     """parallel=pmap, an adapter kept for comparison (the step functions are the same):
-    jax.pmap over this host's devices, state stacked along a leading device axis."""
+    jax.pmap over this host's devices of the run, state stacked along a leading device axis."""
 
     mesh = None
 
+    def __init__(self, devices: list):
+        self.local = [d for d in devices if d.process_index == jax.process_index()]
+        # pmap's own default (every local device) where the run spans them all: in a
+        # multi-process run, pmap's devices must name every process's devices.
+        self.pmap_devices = None if self.local == jax.local_devices() else self.local
+
     def compile(self, train_fn: Callable, eval_fn: Callable) -> tuple[Callable, Callable]:
-        return (jax.pmap(train_fn, axis_name=DATA_AXIS, in_axes=(0, 0, None), donate_argnums=(0,)),
-                jax.pmap(eval_fn, axis_name=DATA_AXIS, in_axes=(0, 0)))
+        return (jax.pmap(train_fn, axis_name=DATA_AXIS, in_axes=(0, 0, None), donate_argnums=(0,),
+                         devices=self.pmap_devices),
+                jax.pmap(eval_fn, axis_name=DATA_AXIS, in_axes=(0, 0), devices=self.pmap_devices))
 
     def to_devices(self, tree: Any) -> Any:
-        devices = jax.local_devices()
+        devices = self.local
         stacked = NamedSharding(jax.sharding.Mesh(np.array(devices), ("local",)), P("local"))
         return jax.tree.map(lambda x: jax.device_put(
             np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), stacked), tree)
@@ -113,7 +137,7 @@ class _PmapLayout:
         return jax.tree.map(lambda x: x[0], tree)
 
     def shard(self, batch: dict[str, np.ndarray]) -> dict:
-        n = jax.local_device_count()
+        n = len(self.local)
         return {k: v.reshape((n, -1) + v.shape[1:]) for k, v in batch.items()}
 
 
@@ -126,7 +150,7 @@ class StepRunner:
     """
 
     def __init__(self, train_fn: Callable, eval_fn: Callable, mode: str = "jit",
-                 max_in_flight: int = MAX_STEPS_IN_FLIGHT):
+                 max_in_flight: int = MAX_STEPS_IN_FLIGHT, devices: list | None = None):
         if mode not in ("jit", "pmap"):
             raise ValueError(f"parallel mode must be 'jit' or 'pmap', got {mode!r}")
         if max_in_flight < 1:
@@ -135,7 +159,9 @@ class StepRunner:
         self.max_in_flight = max_in_flight
         # Outputs of the steps dispatched and maybe unfinished, oldest first.
         self._in_flight: collections.deque = collections.deque()
-        self._layout = _MeshLayout() if mode == "jit" else _PmapLayout()
+        # The devices the run spans (default: run_devices(), the auto count on a CPU).
+        self.devices = list(run_devices() if devices is None else devices)
+        self._layout = (_MeshLayout if mode == "jit" else _PmapLayout)(self.devices)
         self.mesh = self._layout.mesh
         self._train, self._eval = self._layout.compile(train_fn, eval_fn)
 

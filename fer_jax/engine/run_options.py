@@ -30,6 +30,10 @@ class RunOptions:
     eval_batch_size: int = 256  # the validation's global batch: memory, not results
     log_every_steps: int = 20  # the loss is logged and checked finite, and the budget checked
     skip_bad_rows: bool = False  # leave out the data file's unreadable rows (listed) instead of stopping
+    # On a CPU in one process, how many of the process's devices the run uses (0: the count
+    # XLA_FLAGS sets, else the auto count; fer_jax.runtime.cpu_device_count). The command
+    # splits the CPU into that many before JAX starts.
+    cpu_devices: int = 0
     clock: Callable[[], float] = time.monotonic  # the budget's clock (tests inject one)
 
 
@@ -39,7 +43,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-devices", type=int, default=0, metavar="N",
                         help="on a CPU, expose the cores as N XLA devices for data parallelism "
                              "(0, the default: the largest power of two up to the cores, at most 8; "
-                             "1: one device on all cores); ignored when XLA_FLAGS sets the count")
+                             "1: one device on all cores); where XLA_FLAGS sets the count, the run "
+                             "uses N of those devices (0: all)")
     parser.add_argument("--checkpoint-every", type=_whole(0), default=defaults.checkpoint_every_steps,
                         metavar="STEPS", help="a resumable checkpoint every STEPS steps within an "
                         f"epoch, besides each epoch's end (0: epoch ends only; default "
@@ -80,7 +85,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
                       wandb_mode=args.wandb_mode, wandb_project=args.wandb_project,
                       progress=not getattr(args, "no_progress", False), parallel=args.parallel,
                       eval_batch_size=args.eval_batch_size, log_every_steps=args.log_every_steps,
-                      skip_bad_rows=args.skip_bad_rows)
+                      skip_bad_rows=args.skip_bad_rows, cpu_devices=args.cpu_devices)
 
 
 def _whole(low: int) -> Callable[[str], int]:

@@ -32,7 +32,7 @@ from fer_jax.data.source import PreparedData, prepare_data
 from fer_jax.data.types import CLASS_NAMES
 from fer_jax.engine import optim
 from fer_jax.engine.checkpoint import RunCheckpoints, read_meta, resolve_checkpoint, restore_variables
-from fer_jax.engine.parallel import DATA_AXIS, StepRunner
+from fer_jax.engine.parallel import DATA_AXIS, StepRunner, run_devices
 from fer_jax.engine.run_lock import locked_workdir
 from fer_jax.engine.run_options import RunOptions
 from fer_jax.engine.step import TrainState, init_variables, make_step_fns, new_state
@@ -307,9 +307,8 @@ def _announce_data(prepared: PreparedData, epochs: int) -> None:
           f"train {len(splits.train)}, validation {len(splits.validation)}", file=sys.stderr)
 
 
-def _batch_sizes(config, train_examples: int, eval_batch_size: int) -> tuple[int, int]:
-    """(steps per epoch, evaluation batch) for this device count."""
-    devices = jax.device_count()
+def _batch_sizes(config, train_examples: int, eval_batch_size: int, devices: int) -> tuple[int, int]:
+    """(steps per epoch, evaluation batch) for the run's DEVICES."""
     if config.batch_size % devices:
         raise UserError(f"batch_size {config.batch_size} must be divisible by the {devices} devices")
     steps = pipeline.steps_per_epoch(train_examples, config.batch_size)
@@ -324,7 +323,8 @@ def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: Prepare
     """The run's fixed parts, its (host) state and its metadata."""
     is_main = jax.process_index() == 0
     train = prepared.splits.train
-    steps_per_epoch, eval_batch = _batch_sizes(config, len(train), options.eval_batch_size)
+    devices = run_devices(options.cpu_devices)
+    steps_per_epoch, eval_batch = _batch_sizes(config, len(train), options.eval_batch_size, len(devices))
     norm = pipeline.normalization_stats(train.images)
     meta = _new_meta(config, prepared, norm, finetune.is_imagenet_weights(config.init_from))
     checkpoints = RunCheckpoints(workdir, keep_latest=options.keep_checkpoints)
@@ -348,7 +348,7 @@ def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: Prepare
     run = Run(config=config, workdir=workdir, options=options, prepared=prepared,
               steps_per_epoch=steps_per_epoch,
               total_steps=min(config.epochs * steps_per_epoch, config.max_train_steps or math.inf),
-              eval_batch=eval_batch, runner=StepRunner(train_fn, eval_fn, options.parallel),
+              eval_batch=eval_batch, runner=StepRunner(train_fn, eval_fn, options.parallel, devices=devices),
               optimizer=optimizer, checkpoints=checkpoints, logger=logger, is_main=is_main,
               params_count=int(sum(leaf.size for leaf in jax.tree.leaves(state.params))), norm=norm)
     return run, state, meta
@@ -635,7 +635,7 @@ def _summary(run: Run, loop: Loop) -> dict:
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "best_checkpoint": str(best_dir) if best_dir else None, "params": run.params_count,
-        "train_seconds": loop.meta["train_seconds"], "devices": jax.device_count(),
+        "train_seconds": loop.meta["train_seconds"], "devices": len(run.runner.devices),
         "processes": jax.process_count(), "last_train_loss": loop.last_train_loss, "history": history}
     if run.prepared.notice:
         summary["notice"] = run.prepared.notice
