@@ -45,11 +45,6 @@ def _weights(config) -> list[float] | None:
     return weights or None
 
 
-def _tta(config) -> str:
-    """The members' test-time augmentation: ensemble.tta where the config has it, else eval_tta."""
-    return config.ensemble.tta if "tta" in config.ensemble else config.eval_tta
-
-
 def _choose_on_validation(members, names, validation, tta: str) -> dict:
     """The best subset on the validation split (the held-out Training rows under
     data.split_scheme=stratified); no test row is read."""
@@ -98,7 +93,7 @@ def train_ensemble(config, workdir: str | pathlib.Path, *, overrides: list[str],
         summary = train_and_evaluate(member, workdir / "members" / name, prepared=prepared,
                                      progress=progress, options=options)
         checkpoints.append(summary["best_checkpoint"])
-    tta = _tta(config)
+    tta = config.eval_tta
     members = [load_member(c, name=n) for c, n in zip(checkpoints, names)]
     result, selection, test = _score(members, names, prepared, weights, tta)
     summary = {"experiment": config.experiment, "members": names, "tta": tta,

@@ -383,8 +383,8 @@ def test_an_ensemble_experiment_on_the_stratified_split_records_its_choice(strat
 
     # The members are the runs trained above; the training loop itself is test_engine's.
     runs = dict(zip(("a", "b"), stratified_runs))
-    monkeypatch.setattr(ensemble_training, "member_config", stratified)
-    monkeypatch.setattr(ensemble_training, "train_and_evaluate",
+    monkeypatch.setattr(ensemble_runs, "member_config", stratified)
+    monkeypatch.setattr(ensemble_runs, "train_and_evaluate",
                         lambda member, workdir, **_: {"best_checkpoint": str(runs[workdir.name])})
     config = stratified()
     config.experiment = "ensemble"
