@@ -1,9 +1,12 @@
 """Shared fixtures: the real FER2013 files from ../shared when present, else generated ones."""
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import ml_collections
@@ -15,6 +18,16 @@ import pytest
 # devices it asks for (RunOptions.cpu_devices; the auto count by default). JAX's own
 # setting, not XLA_FLAGS: the processes tests start get the count they or their command ask for.
 jax.config.update("jax_num_cpu_devices", 8)
+
+# Many tests compile the same computations (a small CNN's train and eval steps at the same
+# shapes, in runs of their own): XLA's persistent cache, in a folder of this run's own,
+# compiles each once per run. A cache folder the caller set is kept.
+if not jax.config.jax_compilation_cache_dir:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="fer_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_FER_DIR = pathlib.Path(
