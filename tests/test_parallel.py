@@ -95,6 +95,7 @@ def _train_args(workdir, data, extra=()):
             "--set", "max_train_steps=8", "--checkpoint-every", "5", *extra]
 
 
+@pytest.mark.slow  # two processes and a one-host reference: about 20 s
 def test_train_command_on_two_hosts_matches_one_host(fer_sample_path, tmp_path):
     """The whole command (data shards, checkpoints from every process) across 2 processes,
     with W&B logging offline (the default) on process 0: the final report restores the best
@@ -139,6 +140,7 @@ def test_a_checkpoint_resumes_and_evaluates_on_another_device_count(fer_sample_p
 IN_FLIGHT_WORKER = os.path.join(os.path.dirname(__file__), "in_flight_worker.py")
 
 
+@pytest.mark.slow  # a child process XLA aborts without the bound: about 10 s
 def test_many_steps_dispatched_ahead_do_not_stall_split_cpu_devices():
     # Without a bound on the steps in flight, 150 train + 600 eval steps queued on two CPU
     # devices stalled their all-reduce rendezvous and XLA aborted the process (exit 134).

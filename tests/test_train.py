@@ -106,6 +106,7 @@ def test_resume_after_stop_mid_epoch_matches_unbroken_run(prepared, unbroken_run
         assert resumed["train_accuracy"] == pytest.approx(unbroken["train_accuracy"], rel=1e-5)
 
 
+@pytest.mark.slow  # a real process killed, then resumed: about 20 s
 def test_killed_process_resumes_to_the_same_result(fer_sample_path, unbroken_run, tmp_path):
     reference_dir, reference = unbroken_run
     command = [sys.executable, "-m", "fer_jax.train", "--experiment=simple_cnn_v1", f"--data={fer_sample_path}",
@@ -243,6 +244,7 @@ def test_ensemble_experiment_trains_members_in_turn_and_resumes_them(fer_sample_
     assert capsys.readouterr().err.count("resuming from step 2") == 2
 
 
+@pytest.mark.slow  # two member runs trained in turn: about 20 s
 def test_a_second_stage_member_starts_from_the_member_trained_before_it(fer_sample_path, tmp_path, capsys):
     """`final` starts from runs/resnet; inside an ensemble, from the ensemble's own resnet
     member. A weight of 0 trains a member without averaging it in."""

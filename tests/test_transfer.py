@@ -648,6 +648,7 @@ def test_transfer_experiments_load(name, model):
     finetune.check_transfer_config(config)
 
 
+@pytest.mark.slow  # a fine-tuning run from a torchvision file: about 12 s
 def test_train_command_fine_tunes_from_a_torchvision_file(torch, weight_files, fer_sample_path, tmp_path):
     """End to end: experiments/resnet_transfer with --set init_from=FILE."""
     weights = weight_files["resnet18"][1]
