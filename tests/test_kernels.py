@@ -203,7 +203,10 @@ def test_bfloat16_training_with_onednn_starts_and_ends_where_xlas_does():
 def _loss_curves(model: str, dtype: str, steps_run: int = 6) -> dict[str, np.ndarray]:
     curves = {}
     for name in ("onednn", "xla"):
-        steps = prepare_jax_steps(model, 8, dtype, TRAIN_NETWORKS[model], kernels=name)
+        # One device: this compares the kernels' arithmetic; two devices against one is
+        # test_two_devices_with_onednn_match_one's.
+        steps = prepare_jax_steps(model, 8, dtype, TRAIN_NETWORKS[model], kernels=name,
+                                  devices=jax.devices("cpu")[:1])
         assert steps.kernels == name
         curves[name] = np.array([float(steps.train_step()["loss"]) for _ in range(steps_run)])
     return curves

@@ -101,10 +101,10 @@ def forward_flops_per_image(model, variables, batch_size: int) -> float:
 
 def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "float32",
                       model_kwargs: Mapping[str, Any] | None = None,
-                      kernels: str = "auto") -> JaxSteps:
+                      kernels: str = "auto", devices=None) -> JaxSteps:
     """Builds the trainer's train step (AdamW, plateau scale, StepRunner) and eval step with
-    the KERNELS setting, and runs each once: the first train call's time includes its
-    compilation."""
+    the KERNELS setting on DEVICES (None: the devices a run would use), and runs each once:
+    the first train call's time includes its compilation."""
     config = bench_config(model_name, batch_size, compute_dtype, model_kwargs,
                           resolve_kernels(kernels))
     model = build_model(config, bn_axis_name=DATA_AXIS)
@@ -118,7 +118,7 @@ def prepare_jax_steps(model_name: str, batch_size: int, compute_dtype: str = "fl
     flops = forward_flops_per_image(build_model(xla_config), state.variables, batch_size)
 
     train_fn, eval_fn = make_step_fns(model.apply, tx, None, config.label_smoothing)
-    runner = StepRunner(train_fn, eval_fn)  # the trainer's default, jit
+    runner = StepRunner(train_fn, eval_fn, devices=devices)  # the trainer's default, jit
     rng = jax.random.PRNGKey(config.seed)
     batch = synthetic_batch(batch_size, config.seed)
     train_batch = {k: batch[k] for k in ("image", "label")}
