@@ -162,6 +162,15 @@ def layout_problems(root: pathlib.Path = ROOT) -> list[str]:
     return problems
 
 
+def write_tree(root: pathlib.Path, files: dict[str, str]) -> None:
+    """A synthetic checkout for the rule tests: the scanned folders and FILES (path: text)."""
+    for folder in SCANNED:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+
+
 def test_the_layers_keep_the_import_rule():
     assert layout_problems() == []
 
@@ -228,11 +237,7 @@ def test_the_layer_rule_catches_an_upward_import_and_an_unplaced_module(tmp_path
         "fer_jax/engine/checkpoint.py": "",
         "fer_jax/stray.py": "",
     }
-    for folder in SCANNED:
-        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
-    for relative, text in files.items():
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / relative).write_text(text)
+    write_tree(tmp_path, files)
     assert layer_problems(tmp_path) == [
         "fer_jax.engine.trainer (engine) imports fer_jax.inference.loading (inference), a higher layer",
         "fer_jax.stray is in no layer: add it to tests/test_layout.py LAYERS",
@@ -240,8 +245,6 @@ def test_the_layer_rule_catches_an_upward_import_and_an_unplaced_module(tmp_path
 
 
 def test_the_rule_catches_a_circle_a_command_import_and_a_benchmark_import(tmp_path):
-    for folder in SCANNED:
-        (tmp_path / folder).mkdir()
     files = {
         "fer_jax/__init__.py": "",
         "fer_jax/cli/__init__.py": "",
@@ -255,9 +258,7 @@ def test_the_rule_catches_a_circle_a_command_import_and_a_benchmark_import(tmp_p
         "benchmarks/__init__.py": "",
         "benchmarks/probe.py": "from fer_jax import scoring\n",
     }
-    for relative, text in files.items():
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / relative).write_text(text)
+    write_tree(tmp_path, files)
     assert sorted(layout_problems(tmp_path)) == sorted([
         "import circle: fer_jax.scoring <-> fer_jax.tta",
         "a command imports another command: fer_jax.cli.ensemble -> fer_jax.cli.evaluate",
@@ -414,11 +415,7 @@ def test_the_inner_import_rule_catches_a_deferred_import(tmp_path):
         "fer_jax/cli/train.py": "def main():\n    from fer_jax import scoring\n"
                                 "def helper():\n    from fer_jax import scoring\n",
     }
-    for folder in SCANNED:
-        (tmp_path / folder).mkdir()
-    for relative, text in files.items():
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / relative).write_text(text)
+    write_tree(tmp_path, files)
     assert inner_import_problems(tmp_path) == [
         "fer_jax/cli/train.py:4: helper imports fer_jax.scoring inside a function",
         "fer_jax/scoring.py:3: score imports fer_jax.tta inside a function",
