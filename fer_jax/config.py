@@ -122,6 +122,14 @@ def base_config() -> ml_collections.ConfigDict:
     # one starts from without averaging it in. The average is scored with eval_tta.
     c.ensemble = ml_collections.ConfigDict(dict(members=(), weights=()))
 
+    # Knowledge distillation (fer_jax.distillation), alpha 0 = off: the loss is
+    # (1 - alpha) * the cross-entropy with the labels + alpha * temperature^2 * the KL
+    # divergence from the teachers' probabilities softened by `temperature` to the
+    # network's. teachers: run folders, step folders or released models' folders, whose
+    # probabilities are averaged, or one ensemble file (`released` for
+    # release/ensemble.json), whose members and weights are used.
+    c.distill = ml_collections.ConfigDict(dict(teachers=(), alpha=0.0, temperature=4.0))
+
     # Convolution kernels (fer_jax.kernels): "auto" (oneDNN's on x86-64 Linux CPUs where
     # they build and load, else XLA's), "onednn" (or fail saying why) or "xla"; also the
     # --kernels flag. A run may resume under other kernels.
@@ -204,6 +212,22 @@ def _choice(config, key: str, choices: tuple) -> None:
     _check(value in choices, key, f"one of {', '.join(choices)}", value)
 
 
+def _check_distill(d) -> None:
+    _check(_number(d.alpha) and 0 <= d.alpha <= 1, "distill.alpha", "a number in [0, 1] (0: off)",
+           d.alpha)
+    _check(_number(d.temperature) and d.temperature > 0, "distill.temperature", "a number > 0",
+           d.temperature)
+    teachers = d.teachers
+    _check(isinstance(teachers, (tuple, list)) and all(isinstance(t, str) and t.strip() for t in teachers),
+           "distill.teachers", "a list of teacher folders or one ensemble file", teachers)
+    if d.alpha > 0 and not teachers:
+        raise UserError("distill.alpha > 0 but distill.teachers is empty: name the teacher runs, "
+                        "released models or an ensemble file (`released` for release/ensemble.json)")
+    if teachers and not d.alpha:
+        raise UserError("distill.teachers is set but distill.alpha is 0: the teachers would not "
+                        "be used (set distill.alpha in (0, 1])")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """CONFIG, or UserError naming the first key whose value cannot work.
 
@@ -254,6 +278,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(_whole(p.patience, 0), "plateau.patience", "a whole number >= 0", p.patience)
     _check(_number(p.min_scale) and 0 < p.min_scale <= 1, "plateau.min_scale", "a number in (0, 1]",
            p.min_scale)
+    _check_distill(config.distill)
     t = config.transfer
     _check(_number(t.backbone_lr_scale) and t.backbone_lr_scale >= 0, "transfer.backbone_lr_scale",
            "a number >= 0", t.backbone_lr_scale)

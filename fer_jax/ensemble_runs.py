@@ -7,6 +7,7 @@ import sys
 
 from fer_jax import config as config_lib
 from fer_jax.data.source import prepare_data
+from fer_jax.distillation import teacher_for
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError
 from fer_jax.inference.ensemble import check_weight_values, evaluate_members, format_table, load_member
@@ -91,7 +92,8 @@ def train_ensemble(config, workdir: str | pathlib.Path, *, overrides: list[str],
         prepared = prepared or prepare_data(member.data, data_path,
                                              skip_bad_rows=bool(options and options.skip_bad_rows))
         summary = train_and_evaluate(member, workdir / "members" / name, prepared=prepared,
-                                     progress=progress, options=options)
+                                     progress=progress, options=options,
+                                     teacher=teacher_for(member, progress=progress))
         checkpoints.append(summary["best_checkpoint"])
     tta = config.eval_tta
     members = [load_member(c, name=n) for c, n in zip(checkpoints, names)]

@@ -185,7 +185,7 @@ LAYERS = (
     ("models", {"kernels", "models"}),
     ("engine", {"engine", "transfer"}),
     ("inference", {"inference", "faces", "onnx_model", "serving"}),
-    ("command libraries", {"study_runs", "ensemble_runs", "model_release", "model_figures",
+    ("command libraries", {"study_runs", "ensemble_runs", "distillation", "model_release", "model_figures",
                            "exploration", "benchmarking", "torch_reference", "predictor"}),
 )
 COMMANDS_LAYER = len(LAYERS)  # fer_jax.cli, the entry modules and experiments/ import anything

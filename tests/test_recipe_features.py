@@ -106,8 +106,8 @@ def test_a_crop_model_is_scored_on_the_centre_window():
 def test_mixed_batches_have_soft_targets_that_match_the_pixels(mixup, cutmix):
     images = jnp.asarray(_batch(16))
     labels = jnp.arange(16) % 7
-    mixed, targets = mix_batch(images, labels, jax.random.PRNGKey(3), mixup_alpha=mixup,
-                               cutmix_alpha=cutmix)
+    mixed, targets = mix_batch(images, jax.nn.one_hot(labels, 7), jax.random.PRNGKey(3),
+                               mixup_alpha=mixup, cutmix_alpha=cutmix)
     chex.assert_shape(mixed, images.shape)
     np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
     assert float(jnp.min(jnp.max(targets, -1))) < 1.0  # mixed targets, not one-hot

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), args.overrides)
     split_cpu_into_devices(args.cpu_devices)
     # The engine imports jax, which must not start before the CPU is split into devices.
+    from fer_jax.distillation import teacher_for
     from fer_jax.engine import parallel
     from fer_jax.ensemble_runs import train_ensemble
     from fer_jax.engine.trainer import train_and_evaluate
@@ -51,7 +52,9 @@ def main(argv=None) -> int:
               f"({len(summary['members'])} members, tta={summary['tta']})")
         print(f"member checkpoints: {summary['best_checkpoint']}")
         return 0
-    summary = train_and_evaluate(config, workdir, data_path=args.data, options=run_options(args))
+    options = run_options(args)
+    summary = train_and_evaluate(config, workdir, data_path=args.data, options=options,
+                                 teacher=teacher_for(config, progress=options.progress))
     if summary["best_val_accuracy"] is not None:
         print(f"best validation accuracy: {summary['best_val_accuracy']:.4f} "
               f"(epoch {summary['best_epoch']})")

@@ -75,6 +75,21 @@ def _check_pair(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return labels
 
 
+def check_teacher_probabilities(teacher: np.ndarray, count: int) -> np.ndarray:
+    """TEACHER as float32 (COUNT, classes) rows of probabilities, or UserError."""
+    teacher = np.asarray(teacher)
+    if teacher.shape != (count, NUM_CLASSES) or not np.issubdtype(teacher.dtype, np.floating):
+        raise UserError(f"teacher probabilities must be a float array ({count}, {NUM_CLASSES}), "
+                        f"got {teacher.dtype} {teacher.shape}")
+    teacher = teacher.astype(np.float32)
+    sums = teacher.sum(axis=1)
+    bad = np.flatnonzero(~np.isfinite(sums) | (teacher.min(axis=1) < 0) | (np.abs(sums - 1) > 1e-3))
+    if bad.size:
+        raise UserError(f"teacher probabilities: {bad.size} rows are not probabilities "
+                        f"(first: row {bad[0]}, {teacher[bad[0]].tolist()})")
+    return teacher
+
+
 def _check_seed(seed: int, epoch: int) -> None:
     for name, value in (("seed", seed), ("epoch", epoch)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -206,7 +221,8 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: 
                   epoch: int, augment: AugmentConfig, balanced: bool, norm: Mapping[str, float],
                   start_batch: int = 0, process_index: int = 0, process_count: int = 1,
                   num_parallel_calls: int | None = None, threads: int | None = None,
-                  prefetch: int | None = None, epochs: int = 1) -> tf.data.Dataset:
+                  prefetch: int | None = None, epochs: int = 1,
+                  teacher: np.ndarray | None = None) -> tf.data.Dataset:
     """This process's share of batches start_batch, start_batch+1, ... of epoch EPOCH, and
     then of every batch of the EPOCHS - 1 epochs after it, in order: a training run reads
     one stream (dropping a tf.data iterator joins its threads, so one per run, not per epoch).
@@ -215,9 +231,13 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: 
     b = global_batch_size / process_count. Arguments are checked before returning.
     num_parallel_calls defaults to the usable cores and prefetch to
     DEFAULT_PREFETCH_BATCHES (tf.data's autotuning is off); threads bounds tf.data's
-    private thread pool (default: tf.data's shared pool).
+    private thread pool (default: tf.data's shared pool). TEACHER: (N, classes) class
+    probabilities, one row per example (distillation's targets): each batch then also has
+    "teacher", float32 (b, classes), the rows of its examples.
     """
     labels = _check_pair(images, labels)
+    if teacher is not None:
+        teacher = check_teacher_probabilities(teacher, len(images))
     lo, hi = _shard_rows(global_batch_size, process_index, process_count)
     _check_seed(seed, epoch)
     if not isinstance(augment, AugmentConfig):
@@ -241,13 +261,17 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: 
     epoch_keys = tf.constant(np.stack([_augment_key(seed, e) for e in which]))
     all_images = tf.constant(images)
     all_labels = tf.constant(labels.astype(np.int32))
+    all_teacher = None if teacher is None else tf.constant(teacher)
 
     def make_batch(epoch_offset: tf.Tensor, index: tf.Tensor, take: tf.Tensor) -> dict:
         key = tf.random.experimental.stateless_fold_in(tf.gather(epoch_keys, epoch_offset), index)
         x = to_unit_scale(tf.cast(tf.gather(all_images, take), tf.float32)[..., None])
         x = augment_batch(x, key, augment, erase_value=mean, global_batch_size=global_batch_size,
                           row_offset=lo)
-        return {"image": standardize(x, mean, std), "label": tf.gather(all_labels, take)}
+        batch = {"image": standardize(x, mean, std), "label": tf.gather(all_labels, take)}
+        if teacher is not None:
+            batch["teacher"] = tf.gather(all_teacher, take)
+        return batch
 
     parallel = usable_cores() if num_parallel_calls is None else num_parallel_calls
     dataset = (tf.data.Dataset.from_tensor_slices((flat_index // steps, flat_index % steps, rows))

@@ -78,14 +78,15 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: f
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def mix_batch(images: jax.Array, labels: jax.Array, rng: jax.Array, *, mixup_alpha: float,
+def mix_batch(images: jax.Array, targets: jax.Array, rng: jax.Array, *, mixup_alpha: float,
               cutmix_alpha: float) -> tuple[jax.Array, jax.Array]:
-    """(images, soft targets) of a Mixup or CutMix batch: each row blended with the row of
-    a random permutation by a Beta(alpha, alpha) weight (CutMix: a box of that share of
-    the area pasted, the weight then the box's exact share). Both alphas > 0: one of the
-    two per batch, evenly. The permutation is within this shard's rows."""
+    """(images, targets) of a Mixup or CutMix batch: each row blended with the row of a
+    random permutation by a Beta(alpha, alpha) weight (CutMix: a box of that share of the
+    area pasted, the weight then the box's exact share), and its (N, K) targets (one-hot
+    labels, a teacher's probabilities, or both side by side) by the same weight. Both
+    alphas > 0: one of the two per batch, evenly. The permutation is within this shard's
+    rows."""
     perm_rng, mixup_rng, cutmix_rng, choice_rng, box_rng = jax.random.split(rng, 5)
-    targets = jax.nn.one_hot(labels, NUM_CLASSES)
     perm = jax.random.permutation(perm_rng, images.shape[0])
     other, other_targets = images[perm], targets[perm]
 
@@ -112,6 +113,18 @@ def mix_batch(images: jax.Array, labels: jax.Array, rng: jax.Array, *, mixup_alp
     return mixed.astype(images.dtype), lam * targets + (1 - lam) * other_targets
 
 
+def distillation_loss(logits: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
+    """Per-example temperature^2 * KL(teacher_T || student_T), where X_T is the softmax of
+    log X / temperature (Hinton et al.'s scaling keeps the gradient's size independent of
+    the temperature). TEACHER: (N, classes) probabilities, already mixed like the images."""
+    teacher = teacher.astype(jnp.float32)
+    # A class the teachers gave exactly 0 stays 0 after softening; log(0) would be -inf.
+    soft_teacher = jax.nn.softmax(jnp.log(jnp.maximum(teacher, 1e-12)) / temperature)
+    log_student = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature)
+    kl = jnp.sum(soft_teacher * (jnp.log(jnp.maximum(soft_teacher, 1e-30)) - log_student), axis=-1)
+    return temperature ** 2 * kl
+
+
 def ema_update(ema: Any, variables: dict, step: jax.Array, decay: float) -> Any:
     """The moving average after one more step; the decay ramps up as (1 + t) / (10 + t)
     early on, so a short run's average is not dominated by its random initialisation."""
@@ -122,21 +135,28 @@ def ema_update(ema: Any, variables: dict, step: jax.Array, decay: float) -> Any:
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Callable,
                tx: optax.GradientTransformation, class_weights: jax.Array | None,
                label_smoothing: float, learning_rate_fn: Callable | None = None,
-               mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, ema_decay: float = 0.0
+               mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, ema_decay: float = 0.0,
+               distill_alpha: float = 0.0, distill_temperature: float = 1.0
                ) -> tuple[TrainState, dict]:
     """One optimizer update on the global batch; this shard holds batch['image'] rows of it.
 
     learning_rate_fn: the schedule of the update (optim.Optimizer.learning_rate), for the
-    `learning_rate` metric: the rate this step used, plateau scale included."""
+    `learning_rate` metric: the rate this step used, plateau scale included.
+    distill_alpha > 0: batch['teacher'] holds the teachers' (N, classes) probabilities of
+    the rows, and the loss blends distillation_loss with the labels' cross-entropy."""
     # Same seed, same run: the dropout key depends only on the step and the shard.
     dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
                                      jax.lax.axis_index(DATA_AXIS))
     labels, images = batch["label"], batch["image"]
     targets = jax.nn.one_hot(labels, NUM_CLASSES)
+    if distill_alpha > 0:
+        # Side by side, so that mixing blends the teachers' rows as it blends the labels.
+        targets = jnp.concatenate([targets, batch["teacher"].astype(jnp.float32)], axis=-1)
     if mixup_alpha > 0 or cutmix_alpha > 0:
         # Its own stream, apart from the dropout keys (which then stay as without mixing).
-        images, targets = mix_batch(images, labels, jax.random.fold_in(dropout_rng, 1),
+        images, targets = mix_batch(images, targets, jax.random.fold_in(dropout_rng, 1),
                                     mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+    targets, teacher = targets[:, :NUM_CLASSES], targets[:, NUM_CLASSES:]
     weights = (jnp.ones(labels.shape, jnp.float32) if class_weights is None
                else class_weights[labels])
     # PyTorch's weighted mean: sum(w * ce) / sum(w), both over the global batch.
@@ -146,8 +166,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, apply_fn: Call
         logits, new_model_state = apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-        ce = soft_cross_entropy(logits, targets, label_smoothing)
-        return jnp.sum(weights * ce) / total_weight, (logits, new_model_state)
+        loss = soft_cross_entropy(logits, targets, label_smoothing)
+        if distill_alpha > 0:
+            loss = ((1 - distill_alpha) * loss
+                    + distill_alpha * distillation_loss(logits, teacher, distill_temperature))
+        return jnp.sum(weights * loss) / total_weight, (logits, new_model_state)
 
     (local_loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -213,12 +236,14 @@ def check_eval_tta(mode: str) -> None:
 def make_step_fns(apply_fn: Callable, tx: optax.GradientTransformation,
                   class_weights: jax.Array | None, label_smoothing: float, eval_tta: str = "none",
                   learning_rate_fn: Callable | None = None, *, mixup_alpha: float = 0.0,
-                  cutmix_alpha: float = 0.0, ema_decay: float = 0.0, image_size: int = 48):
+                  cutmix_alpha: float = 0.0, ema_decay: float = 0.0, image_size: int = 48,
+                  distill_alpha: float = 0.0, distill_temperature: float = 1.0):
     """The per-shard train and eval functions with the run's constants bound."""
     check_eval_tta(eval_tta)
     train = functools.partial(train_step, apply_fn=apply_fn, tx=tx, class_weights=class_weights,
                               label_smoothing=label_smoothing, learning_rate_fn=learning_rate_fn,
                               mixup_alpha=float(mixup_alpha), cutmix_alpha=float(cutmix_alpha),
-                              ema_decay=float(ema_decay))
+                              ema_decay=float(ema_decay), distill_alpha=float(distill_alpha),
+                              distill_temperature=float(distill_temperature))
     evaluate = functools.partial(eval_step, apply_fn=apply_fn, tta=eval_tta, image_size=image_size)
     return train, evaluate

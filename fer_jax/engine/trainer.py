@@ -47,6 +47,8 @@ from fer_jax.transfer import finetune
 RESUMABLE_CHANGES = ("epochs", "max_train_steps", "budget_minutes", "early_stopping_patience",
                      "description", "kernels")
 SAMPLE_PREDICTIONS = 32  # validation faces shown with their predictions in W&B
+# Distillation's teacher: (training faces uint8 (N, 48, 48), workdir) -> (N, classes) probabilities.
+TeacherFn = Callable[[np.ndarray, pathlib.Path], np.ndarray]
 
 
 class TrainingDiverged(UserError):
@@ -78,6 +80,7 @@ class Run:
     is_main: bool
     params_count: int
     norm: dict  # the training split's pixel mean and std
+    teacher: np.ndarray | None = None  # distillation: the teachers' probabilities of the training rows
 
 
 @dataclasses.dataclass
@@ -318,11 +321,23 @@ def _batch_sizes(config, train_examples: int, eval_batch_size: int, devices: int
     return steps, max(eval_batch_size - eval_batch_size % devices, devices)
 
 
-def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: PreparedData
-           ) -> tuple[Run, TrainState, dict]:
+def _teacher_probabilities(config, teacher: TeacherFn | None, train, workdir: pathlib.Path
+                           ) -> np.ndarray | None:
+    """The teachers' (N, classes) probabilities of the training rows, when the run distills."""
+    if not config.distill.alpha:
+        return None
+    if teacher is None:
+        raise UserError("this config distills (distill.alpha > 0) but no teacher was given: train it "
+                        "with python -m fer_jax.train, which loads distill.teachers")
+    return pipeline.check_teacher_probabilities(teacher(train.images, workdir), len(train))
+
+
+def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: PreparedData,
+           teacher: TeacherFn | None = None) -> tuple[Run, TrainState, dict]:
     """The run's fixed parts, its (host) state and its metadata."""
     is_main = jax.process_index() == 0
     train = prepared.splits.train
+    teacher_probabilities = _teacher_probabilities(config, teacher, train, workdir)
     devices = run_devices(options.cpu_devices)
     steps_per_epoch, eval_batch = _batch_sizes(config, len(train), options.eval_batch_size, len(devices))
     norm = pipeline.normalization_stats(train.images)
@@ -340,7 +355,8 @@ def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: Prepare
         apply_fn, optimizer.tx, class_weights, config.label_smoothing, config.eval_tta,
         learning_rate_fn=optimizer.learning_rate, mixup_alpha=config.mixup_alpha,
         cutmix_alpha=config.cutmix_alpha, ema_decay=config.ema_decay,
-        image_size=config_lib.input_size(config))
+        image_size=config_lib.input_size(config), distill_alpha=config.distill.alpha,
+        distill_temperature=config.distill.temperature)
     logger = RunLogger(meta["config"], workdir, mode=options.wandb_mode, project=options.wandb_project,
                        tags=[config.model, prepared.identity["name"], config.experiment or "adhoc",
                              *options.wandb_tags],
@@ -350,7 +366,8 @@ def _setup(config, workdir: pathlib.Path, options: RunOptions, prepared: Prepare
               total_steps=min(config.epochs * steps_per_epoch, config.max_train_steps or math.inf),
               eval_batch=eval_batch, runner=StepRunner(train_fn, eval_fn, options.parallel, devices=devices),
               optimizer=optimizer, checkpoints=checkpoints, logger=logger, is_main=is_main,
-              params_count=int(sum(leaf.size for leaf in jax.tree.leaves(state.params))), norm=norm)
+              params_count=int(sum(leaf.size for leaf in jax.tree.leaves(state.params))), norm=norm,
+              teacher=teacher_probabilities)
     return run, state, meta
 
 
@@ -543,7 +560,7 @@ def _input_stream(run: Run, loop: Loop):
         train.images, train.labels, global_batch_size=config.batch_size, seed=config.seed,
         epoch=loop.meta["epoch"], epochs=config.epochs - loop.meta["epoch"],
         start_batch=loop.meta["batch_in_epoch"], augment=pipeline.AugmentConfig.from_mapping(config.augment),
-        balanced=config.balanced_sampling, norm=run.norm,
+        balanced=config.balanced_sampling, norm=run.norm, teacher=run.teacher,
         process_index=jax.process_index(), process_count=jax.process_count())
 
 
@@ -644,8 +661,13 @@ def _summary(run: Run, loop: Loop) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                        options: RunOptions | None = None, data_path: str | None = None,
-                       prepared: PreparedData | None = None, progress: bool = True) -> dict:
+                       prepared: PreparedData | None = None, progress: bool = True,
+                       teacher: TeacherFn | None = None) -> dict:
     """Trains (resuming from WORKDIR's latest checkpoint), validates every epoch, keeps the best.
+
+    TEACHER: for a config that distills, the function from the training split's uint8
+    faces (and WORKDIR, where it may cache) to the teachers' probabilities of them
+    (fer_jax.distillation.teacher_for builds it from distill.teachers).
 
     Returns the run's summary (also written to WORKDIR/summary.json). The folder is
     locked for the run: a second run into it is refused at once.
@@ -660,7 +682,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         prepared = prepared or prepare_data(config.data, data_path, skip_bad_rows=options.skip_bad_rows)
         if is_main:
             _announce_data(prepared, config.epochs)
-        run, state, meta = _setup(config, workdir, options, prepared)
+        run, state, meta = _setup(config, workdir, options, prepared, teacher)
         try:
             with _StopRequest() as stop:
                 loop = _train(run, state, meta, stop)
