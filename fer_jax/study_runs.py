@@ -22,6 +22,7 @@ import time
 import jax
 
 from fer_jax.data.source import prepare_data
+from fer_jax.distillation import teacher_for
 from fer_jax.engine.checkpoint import read_meta, restore_variables
 from fer_jax.engine.run_options import RunOptions
 from fer_jax.engine.trainer import train_and_evaluate
@@ -206,7 +207,8 @@ def train_series(configs: dict, root: pathlib.Path, *, data_path: str | None, op
         wall_path = workdir / WALL_FILE
         start = time.time()
         try:
-            train_and_evaluate(config, workdir, prepared=prepared[data_key], options=options)
+            train_and_evaluate(config, workdir, prepared=prepared[data_key], options=options,
+                               teacher=teacher_for(config, progress=options.progress))
         finally:
             before = json.loads(wall_path.read_text())["seconds"] if wall_path.exists() else 0.0
             workdir.mkdir(parents=True, exist_ok=True)

@@ -7,14 +7,10 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from fer_jax.config import load_experiment
-from fer_jax.data.source import prepare_data
-from fer_jax.engine.run_options import RunOptions
-from fer_jax.engine.trainer import train_and_evaluate
+from conftest import tiny_checkpoint
 from fer_jax.inference.loading import load_model
 
 ort = pytest.importorskip("onnxruntime")
@@ -110,15 +106,8 @@ def test_a_release_with_its_onnx_file_predicts_without_importing_jax():
 @pytest.fixture(scope="module")
 def crop_run(tmp_path_factory, fer_sample_path):
     """A tiny model trained two steps on random 40x40 crops (built for 40x40 input)."""
-    workdir = tmp_path_factory.getbasetemp() / "fer_jax_tiny_crop40"
-    if not (workdir / "summary.json").exists():
-        config = load_experiment("simple_cnn_v1")
-        config.max_train_steps, config.batch_size = 2, 32
-        config.model_kwargs = ml_collections.ConfigDict({"widths": (8, 16), "dense_width": 32})
-        config.augment.random_crop = 40
-        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(fer_sample_path)),
-                           options=RunOptions(wandb_mode="disabled", progress=False))
-    return workdir
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "simple_cnn_v1",
+                           {"widths": (8, 16), "dense_width": 32}, random_crop=40)
 
 
 def test_a_crop_trained_model_exports_48x48_input_cut_to_its_centre_window(crop_run):

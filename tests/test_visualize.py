@@ -7,17 +7,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import matplotlib.image
-import ml_collections
 import numpy as np
 import pytest
 
 from fer_jax import model_figures as visualize
 from fer_jax.cli import visualize as visualize_cli
-from fer_jax.config import load_experiment
+from conftest import tiny_checkpoint
 from fer_jax.data.cache import load_fer_cached
-from fer_jax.data.source import prepare_data
-from fer_jax.engine.run_options import RunOptions
-from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.inference.loading import load_model
 from fer_jax.inference.scoring import evaluate_checkpoint
 from fer_jax.errors import UserError, run_cli
@@ -259,15 +255,8 @@ def test_spatial_attention_gives_each_cbam_stage_and_nothing_for_other_models():
 @pytest.fixture(scope="module")
 def crop_cbam_run(tmp_path_factory, fer_sample_path):
     """A tiny CBAM model trained two steps on random 40x40 crops (built for 40x40 input)."""
-    workdir = tmp_path_factory.getbasetemp() / "fer_jax_tiny_cbam_crop40"
-    if not (workdir / "summary.json").exists():
-        config = load_experiment("cbam")
-        config.max_train_steps, config.batch_size = 2, 32
-        config.model_kwargs = ml_collections.ConfigDict({"widths": (8, 16, 16), "dense_width": 32})
-        config.augment.random_crop = 40
-        train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(fer_sample_path)),
-                           options=RunOptions(wandb_mode="disabled", progress=False))
-    return workdir
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "cbam",
+                           {"widths": (8, 16, 16), "dense_width": 32}, random_crop=40)
 
 
 def test_figures_of_a_crop_trained_model_are_drawn_on_the_centre_window(crop_cbam_run, fer_sample_path,
