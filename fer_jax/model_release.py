@@ -83,6 +83,16 @@ def _recipe_lines(config: dict, first_stage: dict | None = None) -> list[str]:
         f"{config['class_weighted_loss']}; balanced sampling {config['balanced_sampling']}",
         f"- augmentation: {json.dumps(active) if active else 'none'}",
     ]
+    mixing = [f"{name} alpha {config[key]:g}" for name, key in (("Mixup", "mixup_alpha"), ("CutMix", "cutmix_alpha"))
+              if config.get(key)]
+    if mixing or config.get("ema_decay"):
+        ema = [f"weights averaged (EMA, decay {config['ema_decay']:g})"] if config.get("ema_decay") else []
+        lines.append(f"- {'; '.join(mixing + ema)}")
+    distill = config.get("distill") or {}
+    if distill.get("alpha"):
+        lines.append(f"- distilled from {', '.join(f'`{t}`' for t in distill['teachers'])} (alpha "
+                     f"{distill['alpha']:g}, temperature {distill['temperature']:g}; the teachers' "
+                     "probabilities of each training face and its mirror image)")
     if first_stage and first_stage.get("epoch") is not None:
         lines.append(
             f"- started from the best checkpoint of `{first_stage['path']}` (experiment "

@@ -23,6 +23,7 @@ from fer_jax.engine.run_options import RunOptions
 from fer_jax.engine.step import distillation_loss, make_step_fns, mix_batch, new_state
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError
+from fer_jax.model_release import _recipe_lines
 from fer_jax.models import get_model
 
 
@@ -165,6 +166,14 @@ def test_the_distill_experiment_names_the_released_ensemble():
     assert config.distill.teachers == ("released",) and config.distill.alpha > 0
     names, checkpoints, weights = distillation.resolve_teachers(config.distill.teachers)
     assert names == ["final", "cbam"] and len(checkpoints) == 2 and weights == [1.0, 1.0]
+
+
+def test_a_distilled_model_card_names_its_teachers():
+    config = config_lib.load_experiment("distill").to_dict()
+    lines = _recipe_lines(json.loads(json.dumps(config)))
+    assert any(line.startswith("- distilled from `released` (alpha 0.7, temperature 4") for line in lines)
+    plain = _recipe_lines(json.loads(json.dumps(config_lib.load_experiment("fast_15min").to_dict())))
+    assert not any("distilled" in line for line in plain)
 
 
 def test_an_ensemble_file_is_the_only_teacher_entry_or_none():
