@@ -7,6 +7,7 @@
     python benchmarks/xla_cpu_probe.py microbatch [M [unroll]]  # fast_15min's step, each device's share in scanned microbatches of M
     python benchmarks/xla_cpu_probe.py profile [MODEL|EXPERIMENT]  # a train step's time per XLA op kind (needs TensorFlow; PROFILE_TOP=N kinds, default 15)
     python benchmarks/xla_cpu_probe.py pool [MODEL ...]  # max_pool2's own gradient against a reshape-and-max's automatic one
+    python benchmarks/xla_cpu_probe.py bn [MODEL ...]    # BatchNorm with its own gradient (benchmarks/bn_own_gradient.py) against nn.BatchNorm's automatic one (BN_DTYPES=float32,bfloat16; BN_ROUNDS=5)
 
 Each runs on however many CPU devices XLA_FLAGS gives (one by default) and takes the
 XLA_FLAGS it is started with, so that backends can be compared in separate processes,
@@ -249,18 +250,100 @@ def probe_pool(models: list[str], rounds: int = 5, steps: int = 3) -> None:
                 for module in (cbam, deep_cnn, resnet, simple_cnn, vgg):
                     stack.enter_context(mock.patch.object(module, "max_pool2", pool))
                 prepared[name] = prepare_jax_steps(model, BATCH).train_step  # compiled here
-        times = {name: [] for name in pools}
-        for r in range(rounds):
-            for name in (list(pools) if r % 2 == 0 else list(reversed(pools))):
-                jax.block_until_ready(prepared[name]())
-                start = time.perf_counter()
-                for _ in range(steps):
-                    jax.block_until_ready(prepared[name]())
-                times[name].append((time.perf_counter() - start) / steps)
-        rates = {name: BATCH / float(np.median(t)) for name, t in times.items()}
+        rates = _interleaved_rates(prepared, rounds, steps)
         print(f"{model} train img/s on {jax.device_count()} device(s): " + "  ".join(
             f"{name} {rate:.0f}" for name, rate in rates.items())
             + f"  ratio {rates['max_pool2'] / rates['autodiff']:.2f}", flush=True)
+
+
+def _interleaved_times(prepared: dict, rounds: int, steps: int) -> dict[str, np.ndarray]:
+    """(wall seconds, process CPU seconds) per call of each prepared step in each round,
+    shape (rounds, 2); the rounds alternate the order (A, B, B, A, ...); each round: one
+    untimed call, then STEPS timed. CPU time counts this process's threads only, so other
+    jobs on a shared machine move it less than wall time."""
+    times = {name: [] for name in prepared}
+    for r in range(rounds):
+        for name in (list(prepared) if r % 2 == 0 else list(reversed(prepared))):
+            jax.block_until_ready(prepared[name]())
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                jax.block_until_ready(prepared[name]())
+            times[name].append(((time.perf_counter() - start) / steps,
+                                (time.process_time() - cpu_start) / steps))
+    return {name: np.asarray(t) for name, t in times.items()}
+
+
+def _interleaved_rates(prepared: dict, rounds: int, steps: int) -> dict[str, float]:
+    """Images per second (wall time) of each prepared step: medians of _interleaved_times."""
+    return {name: BATCH / float(np.median(t[:, 0]))
+            for name, t in _interleaved_times(prepared, rounds, steps).items()}
+
+
+def _bn_alone(classes: dict, dtypes: list[str], rounds: int) -> None:
+    """Training-mode BatchNorm's forward and gradient alone, each of CLASSES, at cbam_cnn's shapes."""
+    from fer_jax.models import layers
+
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        for shape in ((BATCH, 48, 48, 32), (BATCH, 24, 24, 64), (BATCH, 12, 12, 128)):
+            x = jnp.asarray(rng.normal(size=shape), dtype)
+            dy = jnp.asarray(rng.normal(size=shape), dtype)
+            grads = {}
+            for name, cls in classes.items():
+                bn = cls(use_running_average=False, momentum=layers.BN_MOMENTUM,
+                         epsilon=layers.BN_EPSILON, dtype=dtype)
+                variables = bn.init(jax.random.key(0), x)
+
+                def forward(x, params, bn=bn, stats=variables["batch_stats"]):
+                    return bn.apply({"params": params, "batch_stats": stats}, x,
+                                    mutable=["batch_stats"])[0]
+
+                grads[name] = jax.jit(lambda x, dy, p=variables["params"], f=forward:
+                                      jax.vjp(f, x, p)[1](dy))
+            times = {name: [] for name in classes}
+            for r in range(rounds):
+                for name in (list(classes) if r % 2 == 0 else list(reversed(classes))):
+                    times[name].append(median_ms(grads[name], x, dy, repeats=5))
+            print(f"{dtype} {shape} BatchNorm forward+gradient: " + "  ".join(
+                f"{name} {np.median(t):.2f} ms" for name, t in times.items()), flush=True)
+
+
+def probe_bn(models: list[str], rounds: int, steps: int = 3) -> None:
+    """BatchNorm alone (_bn_alone), then whole train steps of MODELS (the bench's steps,
+    default kernels) in each of BN_DTYPES, with benchmarks/bn_own_gradient.py's BatchNorm
+    patched in and with the models' own nn.BatchNorm, interleaved."""
+    import flax.linen as nn
+
+    import bn_own_gradient  # beside this script
+
+    from fer_jax.benchmarking.steps import prepare_jax_steps
+    from fer_jax.models import cbam, deep_cnn, layers, resnet, simple_cnn, vgg_imagenet
+
+    dtypes = os.environ.get("BN_DTYPES", "float32,bfloat16").split(",")
+    _bn_alone({"own gradient": bn_own_gradient.BatchNorm, "nn.BatchNorm": nn.BatchNorm},
+              dtypes, rounds)
+    for model in models:
+        for dtype in dtypes:
+            prepared = {}
+            with contextlib.ExitStack() as stack:
+                for module in (cbam, deep_cnn, layers, resnet, simple_cnn, vgg_imagenet):
+                    stack.enter_context(mock.patch.object(module, "batch_norm",
+                                                          bn_own_gradient.batch_norm))
+                prepared["own gradient"] = prepare_jax_steps(model, BATCH, dtype).train_step
+            prepared["nn.BatchNorm"] = prepare_jax_steps(model, BATCH, dtype).train_step
+            times = _interleaved_times(prepared, rounds, steps)
+            rates = {name: BATCH / float(np.median(t[:, 0])) for name, t in times.items()}
+            # Each round's own ratio: both steps timed back to back, under the same load.
+            per_round = times["nn.BatchNorm"] / times["own gradient"]
+            wall, cpu = per_round[:, 0], per_round[:, 1]
+            cpu_ms = {name: 1e3 * float(np.median(t[:, 1])) for name, t in times.items()}
+            print(f"{model} {dtype} train img/s on {jax.device_count()} device(s): " + "  ".join(
+                f"{name} {rate:.1f}" for name, rate in rates.items())
+                + f"  ratio {rates['own gradient'] / rates['nn.BatchNorm']:.3f}"
+                f" (rounds' wall ratios: median {np.median(wall):.3f}, {wall.min():.3f}-{wall.max():.3f});"
+                " CPU ms per step: " + "  ".join(f"{name} {ms:.0f}" for name, ms in cpu_ms.items())
+                + f"  rounds' CPU ratios: median {np.median(cpu):.3f}, {cpu.min():.3f}-{cpu.max():.3f}",
+                flush=True)
 
 
 def probe_profile(what: str, steps: int = 10) -> None:
@@ -314,6 +397,8 @@ if __name__ == "__main__":
               "microbatch": lambda: probe_microbatch(int(sys.argv[2]) if len(sys.argv) > 2 else 64,
                                                      sys.argv[3:4] == ["unroll"]),
               "pool": lambda: probe_pool(sys.argv[2:] or ["simple_cnn_v1", "cbam_cnn"]),
+              "bn": lambda: probe_bn(sys.argv[2:] or ["cbam_cnn", "deep_cnn_v1", "simple_cnn_v2"],
+                                     int(os.environ.get("BN_ROUNDS", "5"))),
               "profile": lambda: probe_profile(sys.argv[2] if len(sys.argv) > 2 else "cbam_cnn")}
     if len(sys.argv) < 2 or sys.argv[1] not in probes:
         sys.exit(f"usage: python benchmarks/xla_cpu_probe.py {{{'|'.join(probes)}}} [MODEL]")
