@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fer_jax import config as config_lib
+from fer_jax import kernels
 from fer_jax.cli import evaluate as evaluate_cli
 from fer_jax.cli import train as train_cli
 from fer_jax.data.source import prepare_data
@@ -127,6 +128,8 @@ def test_killed_process_resumes_to_the_same_result(fer_sample_path, unbroken_run
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from step" in done.stderr
+    # Where oneDNN's kernels build and load they are what both runs used (kernels=auto).
+    assert ("kernels: oneDNN convolutions" in done.stderr) == kernels._availability("cpu")[0], done.stderr[-2000:]
     _assert_same_variables(_final_variables(tmp_path), _final_variables(reference_dir))
 
 
