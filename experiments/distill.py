@@ -8,8 +8,9 @@ final and cbam), softened by a temperature of 4 (weight alpha = 0.7). The teache
 every training face once, each face averaged with its mirror image, before training
 starts (a few minutes, not counted in the budget; cached in the run's folder, so a
 resumed run does not score them again). Everything else is fast_15min's, so the two runs
-are the distillation's ablation (docs/results/accuracy_plan.md). Selected on PublicTest
-only, as every run here.
+are the distillation's ablation (docs/results/accuracy_plan.md): in 14.5 minutes, both in
+float32, 65.73% PublicTest against fast_15min's 65.56%, ahead at every epoch up to the
+17th by 1.7 points on average. Selected on PublicTest only, as every run here.
 """
 from fer_jax.experiments.fast_15min import get_config as fast_15min_config
 
