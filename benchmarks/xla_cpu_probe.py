@@ -38,6 +38,23 @@ BATCH = 64
 CBAM_CONVS = ((48, 32, 32), (24, 32, 64), (24, 64, 64), (12, 64, 128), (12, 128, 128))
 
 
+def _in_turn(names, rounds: int):
+    """NAMES over ROUNDS rounds, the order reversed every other round (A, B, B, A, ...), so
+    that neither side always runs first under a drifting load."""
+    names = list(names)
+    for r in range(rounds):
+        yield from (names if r % 2 == 0 else names[::-1])
+
+
+def _interleaved_ms(fns: dict, rounds: int, *args) -> dict[str, float]:
+    """Each of FNS's median milliseconds per call on ARGS (median_ms, 5 calls a round),
+    the medians of ROUNDS interleaved rounds."""
+    times = {name: [] for name in fns}
+    for name in _in_turn(fns, rounds):
+        times[name].append(median_ms(fns[name], *args, repeats=5))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def median_ms(fn, *args, repeats: int = 10) -> float:
     jax.block_until_ready(fn(*args))
     times = []
@@ -237,12 +254,8 @@ def probe_pool(models: list[str], rounds: int = 5, steps: int = 3) -> None:
         dy = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])), jnp.float32)
         grads = {name: jax.jit(lambda x, dy, p=p: jax.vjp(lambda x: p(jax.nn.relu(x)), x)[1](dy)[0])
                  for name, p in pools.items()}
-        times = {name: [] for name in pools}
-        for r in range(rounds):
-            for name in (list(pools) if r % 2 == 0 else list(reversed(pools))):
-                times[name].append(median_ms(grads[name], x, dy, repeats=5))
         print(f"{shape} ReLU+pool gradient: " + "  ".join(
-            f"{name} {np.median(t):.2f} ms" for name, t in times.items()), flush=True)
+            f"{name} {ms:.2f} ms" for name, ms in _interleaved_ms(grads, rounds, x, dy).items()), flush=True)
     for model in models:
         prepared = {}
         for name, pool in pools.items():
@@ -262,14 +275,13 @@ def _interleaved_times(prepared: dict, rounds: int, steps: int) -> dict[str, np.
     untimed call, then STEPS timed. CPU time counts this process's threads only, so other
     jobs on a shared machine move it less than wall time."""
     times = {name: [] for name in prepared}
-    for r in range(rounds):
-        for name in (list(prepared) if r % 2 == 0 else list(reversed(prepared))):
+    for name in _in_turn(prepared, rounds):
+        jax.block_until_ready(prepared[name]())
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(steps):
             jax.block_until_ready(prepared[name]())
-            start, cpu_start = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                jax.block_until_ready(prepared[name]())
-            times[name].append(((time.perf_counter() - start) / steps,
-                                (time.process_time() - cpu_start) / steps))
+        times[name].append(((time.perf_counter() - start) / steps,
+                            (time.process_time() - cpu_start) / steps))
     return {name: np.asarray(t) for name, t in times.items()}
 
 
@@ -300,12 +312,9 @@ def _bn_alone(classes: dict, dtypes: list[str], rounds: int) -> None:
 
                 grads[name] = jax.jit(lambda x, dy, p=variables["params"], f=forward:
                                       jax.vjp(f, x, p)[1](dy))
-            times = {name: [] for name in classes}
-            for r in range(rounds):
-                for name in (list(classes) if r % 2 == 0 else list(reversed(classes))):
-                    times[name].append(median_ms(grads[name], x, dy, repeats=5))
             print(f"{dtype} {shape} BatchNorm forward+gradient: " + "  ".join(
-                f"{name} {np.median(t):.2f} ms" for name, t in times.items()), flush=True)
+                f"{name} {ms:.2f} ms" for name, ms in _interleaved_ms(grads, rounds, x, dy).items()),
+                flush=True)
 
 
 def probe_bn(models: list[str], rounds: int, steps: int = 3) -> None:
