@@ -57,6 +57,25 @@ TARGETS = {**{name: value for name, value in ORIGINAL_STUDY_ACCURACY.items()
 WALL_FILE = "study_wall_seconds.json"
 
 
+def wall_seconds(workdir: pathlib.Path) -> float | None:
+    """The study's wall-clock seconds on WORKDIR's run so far (None: never started by it).
+
+    Each stretch of training adds itself when it ends. A stretch whose process was killed
+    before it could (SIGKILL, a lost machine) is still marked open, and counts up to the
+    last file the run wrote, so a run trained in killed pieces does not lose them.
+    """
+    path = workdir / WALL_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    seconds = record["seconds"]
+    if record.get("open_since") is not None:
+        last_write = max((p.stat().st_mtime for p in workdir.rglob("*")
+                          if p.is_file() and p != path), default=0.0)
+        seconds += max(0.0, last_write - record["open_since"])
+    return seconds
+
+
 def _stopped_by(summary: dict) -> str:
     """The trainer's record; summaries written before it recorded one are read from their flags."""
     if "stopped_by" in summary:
@@ -80,8 +99,7 @@ def result_row(name: str, workdir: pathlib.Path, *, split: str) -> dict | None:
     if best_dir is None or not best_dir.exists():
         return None
     val = read_meta(best_dir)["val_metrics"]
-    wall_path = workdir / WALL_FILE
-    wall = json.loads(wall_path.read_text())["seconds"] if wall_path.exists() else None
+    wall = wall_seconds(workdir)
     history = summary["history"]
     target = TARGETS.get(name)
     return {
@@ -206,12 +224,13 @@ def train_series(configs: dict, root: pathlib.Path, *, data_path: str | None, op
         print(f"[study] {name}: training under {workdir} ({length})", file=sys.stderr)
         wall_path = workdir / WALL_FILE
         start = time.time()
+        before = wall_seconds(workdir) or 0.0
+        workdir.mkdir(parents=True, exist_ok=True)
+        wall_path.write_text(json.dumps({"seconds": before, "open_since": start}))
         try:
             train_and_evaluate(config, workdir, prepared=prepared[data_key], options=options,
                                teacher=teacher_for(config, progress=options.progress))
         finally:
-            before = json.loads(wall_path.read_text())["seconds"] if wall_path.exists() else 0.0
-            workdir.mkdir(parents=True, exist_ok=True)
             wall_path.write_text(json.dumps({"seconds": before + time.time() - start}))
         rows = write_results(root, names, split=split, budget_minutes=budget_minutes)
         done = next((row for row in rows if row["experiment"] == name), None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import jax
@@ -149,6 +150,30 @@ def test_study_trains_each_experiment_once_and_tabulates_the_best_checkpoints(fe
     assert "finished earlier, skipped" in capsys.readouterr().err
     for name, mtime in mtimes.items():
         assert (tmp_path / "official" / name / "summary.json").stat().st_mtime == mtime
+
+
+def test_a_killed_stretch_of_training_still_counts_in_the_wall_time(fer_sample_path, tmp_path):
+    """A study process killed mid-run has no chance to add its time: its stretch stays
+    marked open, counts up to the run's last write, and the next stretch adds to it."""
+    workdir = tmp_path / "official" / "simple_cnn_v1"
+    workdir.mkdir(parents=True)
+    wall_file = workdir / study_runs.WALL_FILE
+    wall_file.write_text(json.dumps({"seconds": 100.0, "open_since": 1_000.0}))
+    for name, mtime in (("written_by_the_killed_stretch", 1_250.0), ("written_before_it", 900.0)):
+        (workdir / name).write_text("x")
+        os.utime(workdir / name, (mtime, mtime))
+    assert study_runs.wall_seconds(workdir) == pytest.approx(350.0)
+    assert study_runs.wall_seconds(tmp_path / "never_started") is None
+
+    args = ["--experiments", "simple_cnn_v1", "--budget-minutes", "0.02", "--data", str(fer_sample_path),
+            "--root", str(tmp_path), "--no-progress", "--set", "batch_size=32",
+            "--set", "model_kwargs.widths=(8,16)", "--set", "model_kwargs.dense_width=32"]
+    assert study.main(args) == 0
+    record = json.loads(wall_file.read_text())
+    assert "open_since" not in record
+    row, = json.loads((tmp_path / "official" / "results.json").read_text())
+    assert row["wall_seconds"] == pytest.approx(record["seconds"])
+    assert row["wall_seconds"] >= 350.0 + row["train_seconds"]
 
 
 def test_study_checks_every_name_before_training(fer_sample_path, tmp_path):
