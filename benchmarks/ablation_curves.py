@@ -22,14 +22,13 @@ def history(run: pathlib.Path) -> tuple[list[int], list[float]]:
 
 def main(out: str, runs: list[str]) -> None:
     fig, (whole, end) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for spec in runs:
-        label, _, folder = spec.partition("=")
-        epochs, accuracy = history(pathlib.Path(folder))
+    labels = [spec.partition("=")[0] for spec in runs]
+    curves = [history(pathlib.Path(spec.partition("=")[2])) for spec in runs]
+    for label, (epochs, accuracy) in zip(labels, curves):
         for ax in (whole, end):
             ax.plot(epochs, accuracy, marker=".", label=f"{label} (best {max(accuracy):.2f}%)")
     whole.set_title("every epoch")
     end.set_title("the last ten epochs")
-    curves = [history(pathlib.Path(spec.partition("=")[2])) for spec in runs]
     last = max(max(epochs) for epochs, _ in curves)
     tail = [a for epochs, accuracy in curves for e, a in zip(epochs, accuracy) if e > last - 10]
     end.set_xlim(last - 9.5, last + 0.5)
