@@ -13,10 +13,11 @@ fer_jax.torch_reference copies.
 """
 import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fer_jax.data.normalization import normalize_images
+from fer_jax.data.pipeline import normalization_stats
 from fer_jax.data.readers import read_fer
 from fer_jax.torch_reference.models import SimpleCNN
 
@@ -31,12 +32,11 @@ def main(path: str, version: str, seed: int, torch_init: bool) -> float:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     data = read_fer(path)
-    pixels = data.images.astype(np.float32) / 255.0
     train, valid = data.usage == "Training", data.usage == "PublicTest"
-    mean, std = pixels[train].mean(), pixels[train].std()
-    pixels = (pixels - mean) / std
-    x_train, y_train = torch.tensor(pixels[train][:, None]), torch.tensor(data.labels[train]).long()
-    x_valid, y_valid = torch.tensor(pixels[valid][:, None]), torch.tensor(data.labels[valid]).long()
+    # The trainer's own input scale: its statistics of Training, its formula (NHWC -> NCHW).
+    pixels = normalize_images(data.images, normalization_stats(data.images[train]))[:, None, :, :, 0]
+    x_train, y_train = torch.tensor(pixels[train]), torch.tensor(data.labels[train]).long()
+    x_valid, y_valid = torch.tensor(pixels[valid]), torch.tensor(data.labels[valid]).long()
     model = SimpleCNN(batch_norm=recipe["batch_norm"])
     if torch_init:
         for module in model.modules():
@@ -59,8 +59,11 @@ def main(path: str, version: str, seed: int, torch_init: bool) -> float:
 
 
 if __name__ == "__main__":
+    torch_init = "--torch-init" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--torch-init"]
+    if len(args) not in (2, 3) or args[1] not in RECIPES:
+        sys.exit(__doc__)
     seed = int(args[2]) if len(args) > 2 else 0
-    accuracy = main(args[0], args[1], seed, "--torch-init" in sys.argv)
-    print(f"{args[1]} seed {seed}{' torch init' if '--torch-init' in sys.argv else ''}: "
+    accuracy = main(args[0], args[1], seed, torch_init)
+    print(f"{args[1]} seed {seed}{' torch init' if torch_init else ''}: "
           f"PublicTest accuracy after {STEPS} steps {accuracy:.4f}")
