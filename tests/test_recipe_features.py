@@ -211,7 +211,7 @@ def test_ema_run_checkpoints_the_average_and_resumes_it(synthetic_only, tmp_path
 # ----------------------------------------------------------------------------- recipes
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vgg_fer", "resnet_fer"])
+@pytest.mark.parametrize("name", ["vgg_fer", "resnet_fer", "resnet_crop"])
 def test_recipe_builds_and_trains_two_steps(name, synthetic_only, tmp_path):
     status = train_cli.main(["--experiment", name, "--workdir", str(tmp_path), "--no-progress",
                              "--set", "max_train_steps=2", "--set", "data.synthetic_size=400",
