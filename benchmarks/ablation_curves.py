@@ -37,7 +37,7 @@ def main(out: str, runs: list[str]) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("PublicTest accuracy (%)")
         ax.grid(alpha=0.3)
-    end.legend(fontsize=8, loc="lower right")
+    whole.legend(fontsize=8, loc="lower right")  # the late epochs crowd the right panel
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
