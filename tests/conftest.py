@@ -107,7 +107,7 @@ def fer_public_path() -> pathlib.Path:
 
 
 def tiny_checkpoint(tmp_path_factory, data_path, experiment: str, model_kwargs: dict,
-                    random_crop: int = 0) -> pathlib.Path:
+                    random_crop: int = 0, compute_dtype: str = "float32") -> pathlib.Path:
     """A run of two training steps, trained once per session (test_visualize.py and test_ensemble.py share them);
     random_crop > 0: on random crops of that size (the model built for them)."""
     from fer_jax.config import load_experiment
@@ -115,13 +115,15 @@ def tiny_checkpoint(tmp_path_factory, data_path, experiment: str, model_kwargs: 
     from fer_jax.engine.run_options import RunOptions
     from fer_jax.engine.trainer import train_and_evaluate
 
-    workdir = tmp_path_factory.getbasetemp() / f"fer_jax_tiny_{experiment}{f'_crop{random_crop}' if random_crop else ''}"
+    suffix = (f"_crop{random_crop}" if random_crop else "") + ("" if compute_dtype == "float32" else f"_{compute_dtype}")
+    workdir = tmp_path_factory.getbasetemp() / f"fer_jax_tiny_{experiment}{suffix}"
     if not (workdir / "summary.json").exists():
         config = load_experiment(experiment)
         config.max_train_steps = 2
         config.batch_size = 32
         config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
         config.augment.random_crop = random_crop
+        config.compute_dtype = compute_dtype
         train_and_evaluate(config, workdir, prepared=prepare_data(config.data, str(data_path)),
                            options=RunOptions(wandb_mode="disabled", progress=False))
     return workdir

@@ -129,6 +129,31 @@ def test_a_crop_trained_model_exports_48x48_input_cut_to_its_centre_window(crop_
     np.testing.assert_allclose(OnnxClassifier(model.SerializeToString()).probabilities(bordered), got, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def bfloat16_run(tmp_path_factory, fer_sample_path):
+    """A tiny model trained two steps with bfloat16 compute, on 40x40 crops as resnet_crop."""
+    return tiny_checkpoint(tmp_path_factory, fer_sample_path, "simple_cnn_v1",
+                           {"widths": (8, 16), "dense_width": 32}, random_crop=40, compute_dtype="bfloat16")
+
+
+def test_a_bfloat16_trained_model_exports_a_float32_graph_that_passes_its_check(bfloat16_run):
+    """onnxruntime's CPU convolutions refuse bfloat16 tensors: the file computes the same
+    float32 weights in float32, and the release check compares it with exactly that."""
+    from fer_jax.inference.loading import in_float32
+    from fer_jax.inference.onnx_check import check_onnx
+    loaded = load_model(bfloat16_run)
+    assert loaded.config.compute_dtype == "bfloat16"
+    model = export_onnx(loaded).SerializeToString()
+    faces = np.random.default_rng(5).integers(0, 256, (24, 48, 48), dtype=np.uint8)
+    got = OnnxClassifier(model).probabilities(faces)  # raised INVALID_GRAPH for a bfloat16 graph
+    np.testing.assert_allclose(got, in_float32(loaded).classifier(8).probabilities(faces), atol=1e-5)
+    # The model as it is scored (bfloat16) computes the same network, only rounded.
+    np.testing.assert_allclose(got, loaded.classifier(8).probabilities(faces), atol=5e-2)
+    check = check_onnx(loaded, model, faces)
+    assert check.passed and check.from_bfloat16 and "computed in float32" in check.summary()
+    assert in_float32(loaded).config.compute_dtype == "float32" and loaded.config.compute_dtype == "bfloat16"
+
+
 def test_the_converter_translates_static_slices():
     def fn(x):
         return jax.lax.slice(x, (0, 2, 1), (x.shape[0], 7, 8), (1, 2, 1)).astype(jnp.float32) * 2.0

@@ -31,6 +31,16 @@ class LoadedModel(NamedTuple):
                           crop=crop)
 
 
+def in_float32(loaded: LoadedModel) -> LoadedModel:
+    """LOADED computing in float32: the same float32 weights, only the arithmetic changes
+    (a model trained with compute_dtype=bfloat16 is otherwise scored in bfloat16)."""
+    if loaded.config.compute_dtype == "float32":
+        return loaded
+    config = loaded.config.copy_and_resolve_references()
+    config.compute_dtype = "float32"
+    return loaded._replace(config=config, model=build_model(config))
+
+
 def load_model(checkpoint: str | pathlib.Path | None) -> LoadedModel:
     """The model of a checkpoint alone: a run's workdir (its best checkpoint), a step
     folder, a released model's folder, or None for the default released model."""

@@ -7,7 +7,8 @@ graph still takes 48x48 faces and cuts their centre C x C window first, as
 fer_jax.models.classifier does, so every exported file has the same interface and
 the runtimes (predict, serve) need not know the crop.
 The network is rebuilt with XLA's own convolutions (not the oneDNN custom calls, which
-have no ONNX form); both compute the same convolution.
+have no ONNX form); both compute the same convolution. The graph computes in float32,
+also for a model trained with bfloat16 compute.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def probabilities_fn(loaded: LoadedModel):
     size = input_size(config)
     top = (IMAGE_SIZE - size) // 2
     config.kernels = "xla"
+    # onnxruntime's CPU convolutions take no bfloat16: a model trained with bfloat16 compute
+    # is written in float32, from the same float32 weights.
+    config.compute_dtype = "float32"
     model = build_model(config)
     variables = jax.tree_util.tree_map(np.asarray, loaded.variables)
     mean = np.float32(loaded.normalization["mean"])
