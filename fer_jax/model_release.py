@@ -83,6 +83,8 @@ def _recipe_lines(config: dict, first_stage: dict | None = None) -> list[str]:
         f"{config['class_weighted_loss']}; balanced sampling {config['balanced_sampling']}",
         f"- augmentation: {json.dumps(active) if active else 'none'}",
     ]
+    if config.get("compute_dtype", "float32") != "float32":
+        lines.append(f"- computes in {config['compute_dtype']} (float32 weights); `model.onnx` computes in float32")
     mixing = [f"{name} alpha {config[key]:g}" for name, key in (("Mixup", "mixup_alpha"), ("CutMix", "cutmix_alpha"))
               if config.get(key)]
     if mixing or config.get("ema_decay"):
@@ -127,6 +129,7 @@ def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: 
                data_source: str, source_checkpoint: str, first_stage: dict | None = None,
                onnx_section: str = "") -> str:
     config = meta["config"]
+    crop = int((config.get("augment") or {}).get("random_crop") or 0)
     history = meta.get("history") or []
     best = max(history, key=lambda h: h["val_accuracy"]) if history else {}
     rows = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
@@ -144,8 +147,9 @@ def model_card(name: str, meta: dict, params: int, size: int, plain: dict, tta: 
         "",
         "## Use",
         *_usage(name),
-        "Input: 48x48 grayscale faces framed as in FER2013; outputs probabilities of angry, "
-        "disgust, fear, happy, sad, surprise, neutral.",
+        "Input: 48x48 grayscale faces framed as in FER2013"
+        + (f" (the model reads their centre {crop}x{crop} window)" if crop else "")
+        + "; outputs probabilities of angry, disgust, fear, happy, sad, surprise, neutral.",
         "",
         "## Data",
         f"Trained on the FER2013 `Training` rows ({data.get('name', '?')}, fingerprint "

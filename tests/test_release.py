@@ -16,6 +16,7 @@ from fer_jax.checkout_packages import released_checkpoint
 from fer_jax.cli import evaluate
 from fer_jax.data.cache import load_fer_cached
 from fer_jax.data.synthetic import make_synthetic
+from fer_jax.data.types import CLASS_NAMES
 from fer_jax.engine.checkpoint import resolve_checkpoint
 from fer_jax.errors import UserError
 from fer_jax.inference.ensemble import member_probabilities
@@ -134,6 +135,22 @@ def test_the_card_names_the_optimizer_the_run_trained_with():
     config.update(optimizer="nesterov", momentum=0.9)
     assert "- optimizer: SGD with Nesterov momentum (momentum 0.9), learning rate" in "\n".join(
         release._recipe_lines(config))
+
+
+def test_the_card_says_what_a_bfloat16_or_crop_trained_model_computes_and_reads():
+    from fer_jax.config import base_config
+    config = base_config().to_dict()
+    assert "computes in" not in "\n".join(release._recipe_lines(config))
+    config.update(compute_dtype="bfloat16")
+    assert ("- computes in bfloat16 (float32 weights); `model.onnx` computes in float32"
+            in release._recipe_lines(config))
+    config["augment"] = {**config["augment"], "random_crop": 40}
+    plain = {"accuracy": 0.5, "macro_f1": 0.5, "per_class": {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5,
+                                                                 "support": 1} for c in CLASS_NAMES},
+             "count": 7, "confusion_matrix": np.eye(7, dtype=int).tolist()}
+    meta = {"config": config, "normalization": {"mean": 0.5, "std": 0.25}}
+    card = release.model_card("x", meta, 10, 10, plain, plain, "flip_crops", "f.csv", "ckpt")
+    assert "framed as in FER2013 (the model reads their centre 40x40 window);" in card
 
 
 def test_only_the_default_release_is_used_without_a_checkpoint_argument(released, simple_run,
