@@ -83,8 +83,10 @@ def _recipe_lines(config: dict, first_stage: dict | None = None) -> list[str]:
         f"{config['class_weighted_loss']}; balanced sampling {config['balanced_sampling']}",
         f"- augmentation: {json.dumps(active) if active else 'none'}",
     ]
-    if config.get("compute_dtype", "float32") != "float32":
-        lines.append(f"- computes in {config['compute_dtype']} (float32 weights); `model.onnx` computes in float32")
+    trained_dtype = config.get("trained_compute_dtype") or config.get("compute_dtype", "float32")
+    if trained_dtype != "float32":
+        lines.append(f"- trained with {trained_dtype} compute (float32 weights); this release computes in "
+                     "float32, in JAX and in `model.onnx` alike")
     mixing = [f"{name} alpha {config[key]:g}" for name, key in (("Mixup", "mixup_alpha"), ("CutMix", "cutmix_alpha"))
               if config.get(key)]
     if mixing or config.get("ema_decay"):
@@ -339,6 +341,12 @@ def _write_release(staging: pathlib.Path, target: pathlib.Path, step_dir: pathli
     checkpointer.save((staging / "variables").absolute(), variables)
     checkpointer.wait_until_finished()
     kept = {k: meta[k] for k in META_KEYS if k in meta}
+    trained_dtype = kept["config"].get("compute_dtype", "float32")
+    if trained_dtype != "float32":
+        # A release computes in float32 whatever its run trained in (the weights are float32
+        # either way), so that JAX and its model.onnx give the same answers: onnxruntime's CPU
+        # convolutions take no bfloat16.
+        kept["config"] = {**kept["config"], "compute_dtype": "float32", "trained_compute_dtype": trained_dtype}
     if description:
         kept["config"] = {**kept["config"], "description": description,
                           "run_description": kept["config"].get("description", "")}

@@ -141,9 +141,9 @@ def test_the_card_says_what_a_bfloat16_or_crop_trained_model_computes_and_reads(
     from fer_jax.config import base_config
     config = base_config().to_dict()
     assert "computes in" not in "\n".join(release._recipe_lines(config))
-    config.update(compute_dtype="bfloat16")
-    assert ("- computes in bfloat16 (float32 weights); `model.onnx` computes in float32"
-            in release._recipe_lines(config))
+    config.update(compute_dtype="float32", trained_compute_dtype="bfloat16")
+    assert ("- trained with bfloat16 compute (float32 weights); this release computes in float32, "
+            "in JAX and in `model.onnx` alike" in release._recipe_lines(config))
     config["augment"] = {**config["augment"], "random_crop": 40}
     plain = {"accuracy": 0.5, "macro_f1": 0.5, "per_class": {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5,
                                                                  "support": 1} for c in CLASS_NAMES},
@@ -151,6 +151,27 @@ def test_the_card_says_what_a_bfloat16_or_crop_trained_model_computes_and_reads(
     meta = {"config": config, "normalization": {"mean": 0.5, "std": 0.25}}
     card = release.model_card("x", meta, 10, 10, plain, plain, "flip_crops", "f.csv", "ckpt")
     assert "framed as in FER2013 (the model reads their centre 40x40 window);" in card
+
+
+def test_a_bfloat16_run_is_released_computing_in_float32(tmp_path_factory, fer_sample_path):
+    """JAX and the shipped model.onnx then agree as closely as for any float32 model."""
+    from conftest import tiny_checkpoint
+    from fer_jax.inference.loading import in_float32
+    run = tiny_checkpoint(tmp_path_factory, fer_sample_path, "simple_cnn_v1",
+                          {"widths": (8, 16), "dense_width": 32}, random_crop=40, compute_dtype="bfloat16")
+    out = tmp_path_factory.mktemp("release_bf16")
+    release.make_release(run, fer_sample_path, name="final", tta="flip_crops", out=out)
+    shipped = load_model(out / "final")
+    assert shipped.config.compute_dtype == "float32"
+    meta = json.loads((out / "final" / "meta" / "metadata").read_text())
+    assert meta["config"]["trained_compute_dtype"] == "bfloat16"
+    faces = load_fer_cached(fer_sample_path).images[:64]
+    jax_answers = shipped.classifier(16).probabilities(faces)
+    np.testing.assert_allclose(jax_answers, in_float32(load_model(run)).classifier(16).probabilities(faces),
+                               atol=1e-6)
+    np.testing.assert_allclose(OnnxClassifier(out / "final" / "model.onnx").probabilities(faces), jax_answers,
+                               atol=1e-5)
+    assert "trained with bfloat16 compute" in (out / "final" / "MODEL_CARD.md").read_text()
 
 
 def test_only_the_default_release_is_used_without_a_checkpoint_argument(released, simple_run,
