@@ -24,6 +24,7 @@ import jax
 from fer_jax.data.source import prepare_data
 from fer_jax.distillation import teacher_for
 from fer_jax.engine.checkpoint import read_meta, restore_variables
+from fer_jax.engine.run_lock import WorkdirInUse
 from fer_jax.engine.run_options import RunOptions
 from fer_jax.engine.trainer import train_and_evaluate
 from fer_jax.errors import UserError
@@ -226,12 +227,22 @@ def train_series(configs: dict, root: pathlib.Path, *, data_path: str | None, op
         start = time.time()
         before = wall_seconds(workdir) or 0.0
         workdir.mkdir(parents=True, exist_ok=True)
+        record = wall_path.read_text() if wall_path.exists() else None
         wall_path.write_text(json.dumps({"seconds": before, "open_since": start}))
+        refused = False
         try:
             train_and_evaluate(config, workdir, prepared=prepared[data_key], options=options,
                                teacher=teacher_for(config, progress=options.progress))
+        except WorkdirInUse:
+            refused = True
+            raise
         finally:
-            wall_path.write_text(json.dumps({"seconds": before + time.time() - start}))
+            if not refused:
+                wall_path.write_text(json.dumps({"seconds": before + time.time() - start}))
+            elif record is None:
+                wall_path.unlink()
+            else:  # the live run there keeps its own record, open stretch and all
+                wall_path.write_text(record)
         rows = write_results(root, names, split=split, budget_minutes=budget_minutes)
         done = next((row for row in rows if row["experiment"] == name), None)
         if done:

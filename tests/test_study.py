@@ -176,6 +176,26 @@ def test_a_killed_stretch_of_training_still_counts_in_the_wall_time(fer_sample_p
     assert row["wall_seconds"] >= 350.0 + row["train_seconds"]
 
 
+def test_a_study_refused_by_a_live_run_leaves_that_runs_wall_time_alone(fer_sample_path, tmp_path):
+    """A second study pointed at a folder a live run trains in is refused by the run's lock,
+    and the live run's open stretch stays open (it would be lost were that run then killed)."""
+    from fer_jax.engine.run_lock import WorkdirInUse, locked_workdir
+    workdir = tmp_path / "official" / "simple_cnn_v1"
+    workdir.mkdir(parents=True)
+    wall_file = workdir / study_runs.WALL_FILE
+    live = json.dumps({"seconds": 100.0, "open_since": 1_000.0})
+    wall_file.write_text(live)
+    args = ["--experiments", "simple_cnn_v1", "--budget-minutes", "0.02", "--data", str(fer_sample_path),
+            "--root", str(tmp_path), "--no-progress"]
+    with locked_workdir(workdir), pytest.raises(WorkdirInUse, match="in use by another run"):
+        study.main(args)
+    assert wall_file.read_text() == live
+    fresh = tmp_path / "other"
+    with locked_workdir(fresh / "official" / "simple_cnn_v1"), pytest.raises(WorkdirInUse):
+        study.main([*args[:-3], "--root", str(fresh), "--no-progress"])
+    assert not (fresh / "official" / "simple_cnn_v1" / study_runs.WALL_FILE).exists()
+
+
 def test_study_checks_every_name_before_training(fer_sample_path, tmp_path):
     with pytest.raises(UserError, match="unknown experiment 'simple_cnn_v9'"):
         study.main(["--experiments", "simple_cnn_v1,simple_cnn_v9", "--budget-minutes", "1",
