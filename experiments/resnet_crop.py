@@ -17,22 +17,16 @@ inputs an epoch is about 0.7 of a 48x48 one. Measured: 67.76% PublicTest at epoc
 (67.79% ten-crop) in 120 training minutes, below `final`'s 68.26%
 (docs/results/accuracy_plan.md).
 """
-from fer_jax.config import base_config
-from fer_jax.experiments._common import original_study_augmentation
+from fer_jax.experiments.resnet import get_config as resnet_config
 
 
 def get_config():
-    c = original_study_augmentation(base_config())
+    c = resnet_config()  # its network, augmentation, rate 1e-3 and weight decay 1e-4
     c.description = "ResNet-18 32-256 pooled stem, 40x40 crops, label smoothing, AdamW cosine, EMA, 60 epochs"
-    c.model = "resnet18"
-    c.model_kwargs.width = 32
-    c.model_kwargs.stem = "pool"
     c.augment.random_crop = 40
     c.augment.translate_frac = 0.0  # the random crop does the shifting
     c.augment.scale_range = (0.9, 1.1)
     c.label_smoothing = 0.1
-    c.learning_rate = 1e-3
-    c.weight_decay = 1e-4
     c.batch_size = 64
     c.epochs = 60
     c.lr_schedule = "cosine"
