@@ -56,6 +56,8 @@ TARGETS = {**{name: value for name, value in ORIGINAL_STUDY_ACCURACY.items()
               if value is not None and name != "simple_cnn_v3"}, "cbam": 0.60}
 
 WALL_FILE = "study_wall_seconds.json"
+# A finished run's row and curve, enough for the table once its checkpoints are gone.
+RECORD_FILE = "record.json"
 
 
 def wall_seconds(workdir: pathlib.Path) -> float | None:
@@ -90,20 +92,31 @@ def parameter_count(variables) -> int:
     return int(sum(leaf.size for leaf in jax.tree.leaves(variables["params"])))
 
 
+def _read_record(workdir: pathlib.Path) -> dict | None:
+    path = workdir / RECORD_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def result_row(name: str, workdir: pathlib.Path, *, split: str) -> dict | None:
-    """The record of a finished run, from its summary and best checkpoint; None if unfinished."""
+    """The record of a finished run, from its summary and best checkpoint; None if unfinished.
+
+    Each row read from a checkpoint is also saved, with the run's curve, as WORKDIR/record.json,
+    and a run whose checkpoints (or summary) are gone is read from that file: the table keeps a
+    run after its weights are deleted to free the disk, and a folder of records alone (copied
+    out of ROOT/SPLIT/NAME/) rebuilds the table and curves with --report-only.
+    """
     summary_path = workdir / "summary.json"
-    if not summary_path.exists():
-        return None
-    summary = json.loads(summary_path.read_text())
-    best_dir = pathlib.Path(summary["best_checkpoint"]) if summary.get("best_checkpoint") else None
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    best_dir = (pathlib.Path(summary["best_checkpoint"])
+                if summary is not None and summary.get("best_checkpoint") else None)
     if best_dir is None or not best_dir.exists():
-        return None
+        record = _read_record(workdir)
+        return record["result"] if record is not None else None
     val = read_meta(best_dir)["val_metrics"]
     wall = wall_seconds(workdir)
     history = summary["history"]
     target = TARGETS.get(name)
-    return {
+    row = {
         "experiment": name, "split": split, "model": summary["model"],
         # Runs from before the trainer recorded "params" need their checkpoint read.
         "params": summary.get("params") or parameter_count(restore_variables(best_dir)),
@@ -122,6 +135,8 @@ def result_row(name: str, workdir: pathlib.Path, *, split: str) -> dict | None:
         "target": target, "below_target": None if target is None else val["accuracy"] < target,
         "original_study_figure": ORIGINAL_STUDY_FIGURES.get(name, ""),
     }
+    (workdir / RECORD_FILE).write_text(json.dumps({"result": row, "history": history}, indent=1))
+    return row
 
 
 STOP_WORDS = {"early_stopping": "early stop", "schedule_end": "schedule end",
@@ -170,14 +185,15 @@ def format_table(rows: list[dict], *, split: str, budget_minutes: float | None) 
 
 
 def learning_curves(root: pathlib.Path, names: list[str], clock: str = "elapsed_seconds") -> dict:
-    """label -> (minutes, validation accuracy) per evaluation, of runs with a summary.
+    """label -> (minutes, validation accuracy) per evaluation, of runs with a summary or a record.
     clock: "elapsed_seconds" (training time, what the budget counts) or "wall_seconds"
     (since the run started: compilation and evaluation included)."""
     curves = {}
     for name in names:
         path = root / name / "summary.json"
-        if path.exists():
-            history = [h for h in json.loads(path.read_text())["history"] if clock in h]
+        source = json.loads(path.read_text()) if path.exists() else _read_record(root / name)
+        if source is not None:
+            history = [h for h in source["history"] if clock in h]
             if history:
                 curves[name] = ([h[clock] / 60 for h in history], [h["val_accuracy"] for h in history])
     return curves
@@ -212,7 +228,7 @@ def train_series(configs: dict, root: pathlib.Path, *, data_path: str | None, op
     prepared = {}  # one preparation per distinct data config
     for name in names:
         workdir = root / name
-        if (workdir / "summary.json").exists():
+        if (workdir / "summary.json").exists() or (workdir / RECORD_FILE).exists():
             print(f"[study] {name}: finished earlier, skipped", file=sys.stderr)
             continue
         config = configs[name]

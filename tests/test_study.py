@@ -322,3 +322,37 @@ def test_a_cap_on_a_checkpoint_step_saves_that_step_once(prepared, tmp_path):
     summary = train_and_evaluate(config, tmp_path, prepared=prepared,
                                  options=RunOptions(checkpoint_every_steps=4, progress=False))
     assert summary["steps"] == 4 and summary["capped"]
+
+
+def test_a_finished_runs_record_keeps_its_row_and_curve_after_its_files_are_gone(fer_sample_path, tmp_path):
+    """Deleting a finished run's checkpoints and summary (or copying only its record.json
+    elsewhere) keeps its row and curve in the table, and the study does not train it again."""
+    args = ["--schedule", "own", "--experiments", "simple_cnn_v1", "--splits", "stratified",
+            "--data", str(fer_sample_path), "--root", str(tmp_path / "runs"), "--no-progress",
+            "--set", "epochs=2", "--set", "batch_size=32", "--set", "model_kwargs.widths=(8,16)",
+            "--set", "model_kwargs.dense_width=32"]
+    assert study.main(args) == 0
+    run = tmp_path / "runs" / "stratified" / "simple_cnn_v1"
+    row, = json.loads((run.parent / "results.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    record = json.loads((run / study_runs.RECORD_FILE).read_text())
+    assert record["result"] == row and record["history"] == summary["history"]
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    curve = study_runs.learning_curves(run.parent, ["simple_cnn_v1"])
+
+    kept = tmp_path / "kept" / "stratified" / "simple_cnn_v1"
+    kept.mkdir(parents=True)
+    (kept / study_runs.RECORD_FILE).write_text((run / study_runs.RECORD_FILE).read_text())
+    for path in sorted(run.rglob("*"), reverse=True):
+        if path.name != study_runs.RECORD_FILE:
+            path.unlink() if path.is_file() else path.rmdir()
+    assert [p.name for p in run.iterdir()] == [study_runs.RECORD_FILE]
+    for root in (tmp_path / "runs", tmp_path / "kept"):
+        assert study.main([*args[:8], "--root", str(root), "--report-only"]) == 0
+        assert json.loads((root / "stratified" / "results.json").read_text()) == [row]
+        assert study_runs.learning_curves(root / "stratified", ["simple_cnn_v1"]) == curve
+        assert (root / "stratified" / "curves.png").exists()
+        assert f"{row['best_val_accuracy']:.2%}" in (root / "stratified" / "results.md").read_text()
+    # Training again skips the run the record stands for instead of retraining it from scratch.
+    assert study.main(args) == 0
+    assert not (run / "checkpoints").exists()

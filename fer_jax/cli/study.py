@@ -15,7 +15,10 @@ Each experiment trains under ROOT/SPLIT/NAME; finished ones are skipped, an inte
 one resumes from its checkpoint when the same command runs again. After every run the
 table (ROOT/SPLIT/results.md and results.json, and curves.png: validation accuracy against
 training time) is rewritten from the runs' best checkpoints, so it always shows what has
-been measured so far and nothing else. W&B runs carry the tags `study`, the mode
+been measured so far and nothing else. Each finished run also keeps its row and curve in
+ROOT/SPLIT/NAME/record.json, which stands for the run once its checkpoints are deleted: such
+a run is neither retrained nor dropped from the table, and a folder holding only records
+(ROOT/SPLIT/NAME/record.json) rebuilds its tables and curves with --report-only. W&B runs carry the tags `study`, the mode
 (`own-schedule` or `budget-Mmin`) and the split besides the model, data and experiment.
 """
 from __future__ import annotations
