@@ -324,7 +324,8 @@ def test_a_cap_on_a_checkpoint_step_saves_that_step_once(prepared, tmp_path):
     assert summary["steps"] == 4 and summary["capped"]
 
 
-def test_a_finished_runs_record_keeps_its_row_and_curve_after_its_files_are_gone(fer_sample_path, tmp_path):
+def test_a_finished_runs_record_keeps_its_row_and_curve_after_its_files_are_gone(fer_sample_path, tmp_path,
+                                                                                capsys):
     """Deleting a finished run's checkpoints and summary (or copying only its record.json
     elsewhere) keeps its row and curve in the table, and the study does not train it again."""
     args = ["--schedule", "own", "--experiments", "simple_cnn_v1", "--splits", "stratified",
@@ -354,5 +355,7 @@ def test_a_finished_runs_record_keeps_its_row_and_curve_after_its_files_are_gone
         assert (root / "stratified" / "curves.png").exists()
         assert f"{row['best_val_accuracy']:.2%}" in (root / "stratified" / "results.md").read_text()
     # Training again skips the run the record stands for instead of retraining it from scratch.
+    capsys.readouterr()
     assert study.main(args) == 0
+    assert "simple_cnn_v1: finished earlier, skipped" in capsys.readouterr().err
     assert not (run / "checkpoints").exists()

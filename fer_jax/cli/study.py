@@ -18,8 +18,8 @@ training time) is rewritten from the runs' best checkpoints, so it always shows 
 been measured so far and nothing else. Each finished run also keeps its row and curve in
 ROOT/SPLIT/NAME/record.json, which stands for the run once its checkpoints are deleted: such
 a run is neither retrained nor dropped from the table, and a folder holding only records
-(ROOT/SPLIT/NAME/record.json) rebuilds its tables and curves with --report-only. W&B runs carry the tags `study`, the mode
-(`own-schedule` or `budget-Mmin`) and the split besides the model, data and experiment.
+rebuilds its tables and curves with --report-only. W&B runs carry the tags `study`, the
+mode (`own-schedule` or `budget-Mmin`) and the split besides the model, data and experiment.
 """
 from __future__ import annotations
 
