@@ -15,8 +15,9 @@ import sys
 import jax
 import numpy as np
 
-from fer_jax.data.normalization import to_unit_scale
+from fer_jax.data.normalization import standardize, to_unit_scale
 from fer_jax.data.readers import read_fer
+from fer_jax.errors import UserError, run_cli
 
 
 def windows(array: np.ndarray) -> np.ndarray:
@@ -26,13 +27,16 @@ def windows(array: np.ndarray) -> np.ndarray:
             .reshape(-1, 4))
 
 
-def main(path: str, faces: int) -> None:
+def main(argv: list[str]) -> None:
+    if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].isdigit()):
+        raise UserError("usage: python benchmarks/pool_ties.py FER2013_FILE [FACES]")
+    path, faces = argv[0], int(argv[1]) if len(argv) == 2 else 512
     pixels = np.asarray(read_fer(path).images[:faces], np.float32)[..., None]
     constant = windows(pixels)
     print(f"{len(pixels)} faces: {np.mean(constant.max(1) == constant.min(1)):.2%} of the "
           f"pixels' 2x2 windows are constant")
     x = to_unit_scale(pixels)
-    x = (x - x.mean()) / x.std()
+    x = standardize(x, x.mean(), x.std())
     kernel = jax.random.normal(jax.random.key(0), (5, 5, 1, 32)) * 0.2
     y = jax.nn.relu(jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")))
@@ -45,6 +49,4 @@ def main(path: str, faces: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit(__doc__)
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else 512)
+    run_cli(main, sys.argv[1:])
