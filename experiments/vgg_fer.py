@@ -4,8 +4,8 @@ Four stages of two 3x3 convolutions (64-128-256-512) with BatchNorm and ReLU, a 
 max-pool and dropout after each stage, two dense layers of 1024 with dropout 0.5
 (fer_jax/models/vgg.py). Training on random 40x40 crops of the 48x48 faces with
 mirror images, small rotations and shifts and random erasing; SGD with Nesterov momentum
-0.9 at 0.01, L2 weight decay 1e-4, the rate halved after 5 epochs without a better
-validation loss; 300 epochs, resumable in pieces. Evaluated with the ten-crop
+0.9 at 0.01, L2 weight decay 1e-4, the rate cut to 0.75x after 5 epochs without a
+better validation loss; 300 epochs, resumable in pieces. Evaluated with the ten-crop
 (`--tta flip_crops`: the four corner 40x40 windows and the centre one, with mirrors).
 The compute this takes on a CPU is in docs/results/accuracy_plan.md.
 """
