@@ -29,5 +29,9 @@ def get_config():
     c.plateau.factor = 0.75
     c.plateau.patience = 5
     c.plateau.min_scale = 1e-3
+    # bfloat16 compute, float32 master weights: with oneDNN's kernels the step takes 0.81x
+    # the float32 one on a 2-core CPU (docs/results/accuracy_plan.md), and fast_15min lost
+    # nothing to it; accelerators take bfloat16 in their stride.
+    c.compute_dtype = "bfloat16"
     c.eval_tta = "flip"  # every epoch; the ten-crop is python -m fer_jax.evaluate --tta flip_crops
     return c
