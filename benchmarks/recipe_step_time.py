@@ -42,9 +42,9 @@ def parse_args(argv):
 def build_step(name: str, overrides: list[str]):
     """(train callable, batch size, input size, parameter count) for experiment NAME."""
     import jax
-    import numpy as np
 
     from fer_jax import config as config_lib
+    from fer_jax.benchmarking.steps import synthetic_batch
     from fer_jax.engine import optim
     from fer_jax.engine.parallel import DATA_AXIS, StepRunner
     from fer_jax.engine.step import init_variables, make_step_fns, new_state
@@ -63,9 +63,8 @@ def build_step(name: str, overrides: list[str]):
         mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
         ema_decay=config.ema_decay, image_size=size)
     runner = StepRunner(train_fn, eval_fn, "jit")
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.standard_normal((batch_size, size, size, 1)).astype(np.float32),
-             "label": rng.integers(0, 7, batch_size).astype(np.int32)}
+    batch = synthetic_batch(batch_size, image_size=size)
+    batch = {k: batch[k] for k in ("image", "label")}  # the train step takes no mask
     holder = {"state": runner.to_devices(state)}
     key = jax.random.PRNGKey(0)
 

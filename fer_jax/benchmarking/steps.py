@@ -79,10 +79,11 @@ def bench_config(model: str, batch_size: int, compute_dtype: str,
     return config
 
 
-def synthetic_batch(batch_size: int, seed: int = 0) -> dict:
-    """A host batch as the pipeline yields it: standard-normal images (already normalized)."""
+def synthetic_batch(batch_size: int, seed: int = 0, image_size: int = IMAGE_SIZE) -> dict:
+    """A host batch as the pipeline yields it: standard-normal images (already normalized),
+    IMAGE_SIZE square (a random-crop recipe's crop size)."""
     rng = np.random.default_rng(seed)
-    return {"image": rng.standard_normal((batch_size, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32),
+    return {"image": rng.standard_normal((batch_size, image_size, image_size, 1), np.float32),
             "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
             "mask": np.ones(batch_size, bool)}
 
