@@ -3,7 +3,9 @@ feature ablations' figure (docs/results/accuracy_plan.md).
 
     python benchmarks/ablation_curves.py OUT.png LABEL=RUN_FOLDER [LABEL=RUN_FOLDER ...]
 
-RUN_FOLDER is a run's workdir (it holds summary.json, written by the trainer).
+RUN_FOLDER is a run's workdir: its summary.json when the run has finished, otherwise
+the history in its newest complete checkpoint under checkpoints/latest (a run still
+training, or stopped to be resumed).
 """
 import json
 import pathlib
@@ -16,7 +18,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def history(run: pathlib.Path) -> tuple[list[int], list[float]]:
-    rows = json.loads((run / "summary.json").read_text())["history"]
+    summary = run / "summary.json"
+    if summary.is_file():
+        rows = json.loads(summary.read_text())["history"]
+    else:
+        from fer_jax.engine.checkpoint import complete_steps, read_meta
+
+        latest = run / "checkpoints" / "latest"
+        steps = complete_steps(latest) if latest.is_dir() else []
+        if not steps:
+            sys.exit(f"{run}: neither summary.json nor a checkpoint under checkpoints/latest")
+        rows = read_meta(latest / str(steps[-1]))["history"]
     return [r["epoch"] for r in rows], [100 * r["val_accuracy"] for r in rows]
 
 
