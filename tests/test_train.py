@@ -310,6 +310,14 @@ def test_rerunning_a_finished_run_says_it_has_finished(prepared, tmp_path, capsy
     assert "(epoch 2," not in err and again["steps"] == first["steps"]
 
 
+def test_each_epochs_line_gives_its_training_accuracy_and_rate_scale(prepared, tmp_path, capsys):
+    """A long plateau run is watched through these lines: the fit and the rate's cuts."""
+    summary = train_and_evaluate(small_config(epochs=1), tmp_path, prepared=prepared, progress=False)
+    record = summary["history"][-1]
+    line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("epoch 1: "))
+    assert f"train_acc {record['train_accuracy']:.4f}, lr_scale {record['lr_scale']:.3g};" in line, line
+
+
 def _rewrite_saved_config(workdir, step: int, change) -> None:
     """CHANGE(config) applied to the config stored with WORKDIR's latest checkpoint STEP."""
     import shutil
