@@ -22,9 +22,9 @@ def history(run: pathlib.Path) -> tuple[list[int], list[float]]:
     if summary.is_file():
         rows = json.loads(summary.read_text())["history"]
     else:
-        from fer_jax.engine.checkpoint import complete_steps, read_meta
+        from fer_jax.engine.checkpoint import LATEST, complete_steps, read_meta
 
-        latest = run / "checkpoints" / "latest"
+        latest = run / "checkpoints" / LATEST
         steps = complete_steps(latest) if latest.is_dir() else []
         if not steps:
             sys.exit(f"{run}: neither summary.json nor a checkpoint under checkpoints/latest")

@@ -497,20 +497,21 @@ def _validate_and_record(run: Run, loop: Loop, device_state, *, partial: bool):
 
 
 def _report_epoch(run: Run, record: dict, val: dict, host_state: TrainState) -> None:
+    lr_scale = float(host_state.plateau_state.scale)
     if run.is_main:
         # The training accuracy is over the augmented (and mixed) batches, with dropout; the
         # scale is the plateau's after this epoch, so a cut shows on the epoch that made it.
         fit = (f"train_acc {record['train_accuracy']:.4f}, "
                if record["train_accuracy"] is not None else "")
         print(f"epoch {record['epoch']}: val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f} "
-              f"macro_f1 {val['macro_f1']:.4f}; {fit}lr_scale {float(host_state.plateau_state.scale):.3g}; "
+              f"macro_f1 {val['macro_f1']:.4f}; {fit}lr_scale {lr_scale:.3g}; "
               f"train {record['train_images_per_second']:.0f} img/s, "
               f"waiting for data {record['data_wait_fraction']:.1%}"
               + (" (partial epoch)" if record["partial_epoch"] else ""), file=sys.stderr)
     run.logger.log({"epoch": record["epoch"], "val/loss": val["loss"], "val/accuracy": val["accuracy"],
                     "val/macro_f1": val["macro_f1"], "train/loss": record["train_loss"],
                     "train/accuracy": record["train_accuracy"],
-                    "train/lr_scale": float(host_state.plateau_state.scale),
+                    "train/lr_scale": lr_scale,
                     **{f"val/recall_{c}": val["per_class"][c]["recall"] for c in CLASS_NAMES}},
                    record["step"])
 
